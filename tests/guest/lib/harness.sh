@@ -1,0 +1,64 @@
+# SPDX-License-Identifier: Apache-2.0 OR MIT
+# shellcheck shell=bash
+#
+# Guest test harness: source it from a guest test script.
+#
+#   . "$ODP_RNIC_TESTS/lib/harness.sh"
+#   t_ok "description"                  # prints "ok N - description"
+#   t_fail "description" [detail...]    # prints "not ok N - description"
+#   t_skip "description" "reason"       # prints "ok N - description # SKIP reason"
+#   t_check "description" CMD [ARG...]  # runs CMD: t_ok if it succeeds, else
+#                                       # t_fail with its output
+#   t_summary                           # prints "# NAME: P passed, F failed,
+#                                       # S skipped"; returns 1 if any failed
+#   t_has_device                        # true when the odp-rnic PCI function
+#                                       # is present
+#
+# tests/guest/run-all counts the ok / not ok / SKIP lines of every test.
+
+T_NAME=${T_NAME:-$(basename "${0%.sh}")}
+T_N=0 T_PASS=0 T_FAIL=0 T_SKIP=0
+
+t_ok() {
+	T_N=$((T_N + 1)) T_PASS=$((T_PASS + 1))
+	echo "ok $T_N - $1"
+}
+
+t_fail() {
+	T_N=$((T_N + 1)) T_FAIL=$((T_FAIL + 1))
+	echo "not ok $T_N - $1"
+	shift
+	local l
+	for l in "$@"; do
+		printf '%s\n' "$l" | sed 's/^/#   /'
+	done
+}
+
+t_skip() {
+	T_N=$((T_N + 1)) T_SKIP=$((T_SKIP + 1))
+	echo "ok $T_N - $1 # SKIP ${2:-}"
+}
+
+t_check() {
+	local desc=$1 out
+	shift
+	if out=$("$@" 2>&1); then
+		t_ok "$desc"
+	else
+		t_fail "$desc" "\$ $*" "$out"
+		return 1
+	fi
+}
+
+t_summary() {
+	echo "# $T_NAME: $T_PASS passed, $T_FAIL failed, $T_SKIP skipped"
+	[ "$T_FAIL" = 0 ]
+}
+
+# The odp-rnic PCI function (vendor:device from the hardware contract) is
+# found through the driver binding when the module is loaded, else by the
+# vendor id.
+t_has_device() {
+	[ -d /sys/bus/pci/drivers/odp_rnic ] && ls /sys/bus/pci/drivers/odp_rnic | grep -q ':' && return 0
+	grep -qil "${ODP_RNIC_PCI_VENDOR:-0x1de5}" /sys/bus/pci/devices/*/vendor 2>/dev/null
+}
