@@ -245,19 +245,29 @@ def ensure_dax_mount(mount=MOUNT, dev=PMEM_DEV):
         return f"{mount}: {what} (already mounted)"
     if ok is False:
         raise BailOut(f"{mount} is mounted without XFS dax=always: {what}")
-    name = os.path.basename(dev)
-    if not os.path.exists(dev) or not os.path.exists(f"/sys/block/{name}/dax"):
-        # A raw namespace has no struct pages and cannot do FS-DAX.
-        out = run(["ndctl", "list", "-N"], check=False)
-        try:
-            nss = json.loads(out) if out.strip() else []
-        except ValueError:
-            nss = []
-        if isinstance(nss, dict):
-            nss = [nss]
-        if not any(ns.get("mode") == "fsdax" for ns in nss):
-            target = nss[0]["dev"] if nss else "namespace0.0"
-            run(["ndctl", "create-namespace", "-f", "-e", target, "-m", "fsdax"])
+    # A raw namespace has no struct pages and cannot do FS-DAX: make it fsdax.
+    # QEMU's label area leaves a region size that is not a multiple of the
+    # region's default alignment (16 MiB), which ndctl refuses: use 2 MiB.
+    out = run(["ndctl", "list", "-N"], check=False)
+    try:
+        nss = json.loads(out) if out.strip() else []
+    except ValueError:
+        nss = []
+    if isinstance(nss, dict):
+        nss = [nss]
+    if not any(ns.get("mode") == "fsdax" for ns in nss):
+        target = nss[0]["dev"] if nss else "namespace0.0"
+        region = "/sys/bus/nd/devices/region0"
+        with open(f"{region}/size") as f:
+            size = int(f.read())
+        with open(f"{region}/align") as f:
+            align = int(f.read(), 0)
+        if size % align:
+            run(["ndctl", "disable-region", "region0"])
+            with open(f"{region}/align", "w") as f:
+                f.write("0x200000")
+            run(["ndctl", "enable-region", "region0"])
+        run(["ndctl", "create-namespace", "-f", "-e", target, "-m", "fsdax", "--align", "2M"])
         for _ in range(50):
             if os.path.exists(dev):
                 break
