@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0 OR MIT
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are for the scripts that source this
 #
 # Shared by scripts/lab-setup, scripts/vm, scripts/build-guest, scripts/test:
 # where the lab lives, the lockfile, bind mounts into the root, timing.

@@ -13,7 +13,11 @@
 #                                 (/dev/pmemN or /dev/daxN.M)
 
 pmem_present() {
-	ls /sys/bus/nd/devices/ 2>/dev/null | grep -q '^region'
+	local r
+	for r in /sys/bus/nd/devices/region*; do
+		[ -e "$r" ] && return 0
+	done
+	return 1
 }
 
 pmem_init_labels() {
