@@ -19,8 +19,8 @@
  * ODP registration; setting either flag together with it is -EINVAL, as is
  * setting both flags.
  */
-#define ODPRNIC_REG_MR_REVOCABLE	(1 << 0)
-#define ODPRNIC_REG_MR_PINNED		(1 << 1)
+#define ODPRNIC_REG_MR_REVOCABLE	0x1	/* bit 0 */
+#define ODPRNIC_REG_MR_PINNED		0x2	/* bit 1 */
 
 /* The mode the driver chose, in odprnic_reg_mr_resp.mode. */
 enum odprnic_mr_mode {

@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * odp_rnic: driver-internal objects and prototypes, one section per file.
+ */
+#ifndef ODP_RNIC_H
+#define ODP_RNIC_H
+
+#include <linux/completion.h>
+#include <linux/mmu_notifier.h>
+#include <linux/mutex.h>
+#include <linux/netdevice.h>
+#include <linux/pci.h>
+#include <linux/refcount.h>
+#include <linux/semaphore.h>
+#include <linux/spinlock.h>
+#include <linux/virtio_ring.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+#include <rdma/ib_umem.h>
+#include <rdma/ib_umem_odp.h>
+#include <rdma/ib_verbs.h>
+
+#include "odp_rnic_hw.h"
+#include "odp_rnic_compat.h"
+
+#define ODPRNIC_DRV_NAME	"odp_rnic"
+
+/* module parameters (odp_rnic_main.c) */
+extern unsigned int odprnic_cmd_timeout_ms;
+extern unsigned int odprnic_inv_timeout_ms;
+extern char *odprnic_default_mr_mode;
+
+/* A split virtqueue in one DMA-coherent block ("Queues"). */
+struct odprnic_vq {
+	void *mem;
+	dma_addr_t mem_dma;
+	size_t mem_size;
+	struct vring vr;
+	u16 num;
+	u16 avail_idx;		/* next free avail slot, free running */
+	u16 last_used;		/* next used entry to consume, free running */
+};
+
+/*
+ * One command in flight. Each slot owns three fixed descriptors (request,
+ * data, response) and a 4 KiB data buffer, so issuing a command never
+ * allocates: the page-fault path issues MAP_PAGES under umem_mutex.
+ */
+struct odprnic_cmd_slot {
+	struct odprnic_cmd *cmd;
+	struct odprnic_resp *resp;
+	__le64 *data;
+	dma_addr_t cmd_dma;
+	dma_addr_t resp_dma;
+	dma_addr_t data_dma;
+	struct completion done;
+	u16 index;
+	bool busy;
+	bool abandoned;		/* timed out; freed when the device answers */
+	u32 used_len;
+};
+
+struct odprnic_cmdq {
+	struct odprnic_vq vq;
+	spinlock_t lock;	/* vq avail/used, slot flags */
+	struct semaphore free_slots;
+	unsigned int nslots;
+	struct odprnic_cmd_slot *slots;
+	void *bufs;
+	dma_addr_t bufs_dma;
+	size_t bufs_size;
+	u32 next_cookie;
+};
+
+struct odprnic_eq {
+	struct odprnic_vq vq;
+	struct odprnic_event *bufs;
+	dma_addr_t bufs_dma;
+	struct work_struct work;
+	u32 last_seq;
+};
+
+struct odprnic_stats {
+	atomic64_t cmd_timeouts;
+	atomic64_t inv_timeouts;
+	atomic64_t page_faults;
+	atomic64_t fault_errors;
+	atomic64_t invalidations;
+	atomic64_t revocations;
+	atomic64_t events;
+};
+
+struct odprnic_dev {
+	struct ib_device ibdev;
+	struct pci_dev *pdev;
+	void __iomem *regs;
+	struct net_device *netdev;
+
+	u32 version;
+	u32 caps;
+	u32 max_pd;
+	u32 max_mr;
+	u32 max_mr_pages;
+	u8 mac[ETH_ALEN];
+
+	struct odprnic_cmdq cmdq;
+	struct odprnic_eq eq;
+	struct workqueue_struct *wq;
+
+	/* invalidation doorbell ("Invalidation doorbell") */
+	spinlock_t inv_lock;	/* one writer of the INV_* triple */
+	u32 inv_seq;
+	wait_queue_head_t inv_wait;
+
+	/* MRs by index (key >> 8) for page-fault and revoke events */
+	struct xarray mrs;
+
+	bool lost;		/* registers read all-ones: device gone */
+	unsigned long fence_once;
+	bool fenced;		/* bus mastering cleared after a timeout */
+	bool ib_registered;
+	struct odprnic_stats stats;
+};
+
+struct odprnic_ucontext {
+	struct ib_ucontext ibuc;
+};
+
+struct odprnic_pd {
+	struct ib_pd ibpd;
+	u32 pdn;
+};
+
+enum odprnic_mr_flags {
+	ODPRNIC_MRF_DEAD,	/* an invalidation timed out: never map again */
+	ODPRNIC_MRF_REVOKED,	/* revocable MR revoked by an invalidation */
+	ODPRNIC_MRF_LIVE,	/* the device knows the key */
+};
+
+struct odprnic_mr {
+	struct ib_mr ibmr;
+	struct odprnic_dev *dev;
+	u32 key;
+	u8 mode;		/* ODPRNIC_MR_* */
+	unsigned long flags;	/* enum odprnic_mr_flags bits */
+	u64 start;		/* user VA of the first byte */
+	u64 iova;		/* IOVA of the first byte */
+	u64 length;
+	int access;
+
+	struct ib_umem *umem;		/* pinned */
+	struct ib_umem_odp *odp;	/* odp */
+
+	/* revocable */
+	struct mmu_interval_notifier notifier;
+	struct mutex revoke_lock;	/* notifier vs. dereg */
+	struct page **pages;
+	unsigned long npages;
+	struct work_struct unpin_work;
+	bool notifier_live;
+
+	/* page-fault events hold a reference while they use the MR */
+	refcount_t refs;
+	struct completion released;
+
+	atomic64_t faults;
+	atomic64_t invalidations;
+	atomic64_t prefetches;
+	atomic64_t fault_errors;
+};
+
+static inline struct odprnic_dev *to_odev(struct ib_device *ibdev)
+{
+	return container_of(ibdev, struct odprnic_dev, ibdev);
+}
+
+static inline struct odprnic_pd *to_opd(struct ib_pd *ibpd)
+{
+	return container_of(ibpd, struct odprnic_pd, ibpd);
+}
+
+static inline struct odprnic_mr *to_omr(struct ib_mr *ibmr)
+{
+	return container_of(ibmr, struct odprnic_mr, ibmr);
+}
+
+/* odp_rnic_main.c */
+u32 odprnic_read32(struct odprnic_dev *dev, u32 reg);
+void odprnic_write32(struct odprnic_dev *dev, u32 reg, u32 val);
+void odprnic_write64(struct odprnic_dev *dev, u32 reg, u64 val);
+bool odprnic_dev_dead(struct odprnic_dev *dev);
+void odprnic_fence(struct odprnic_dev *dev, const char *why);
+
+/* odp_rnic_cmdq.c */
+int odprnic_vq_alloc(struct odprnic_dev *dev, struct odprnic_vq *vq, u16 num);
+void odprnic_vq_free(struct odprnic_dev *dev, struct odprnic_vq *vq);
+int odprnic_cmdq_init(struct odprnic_dev *dev);
+void odprnic_cmdq_cleanup(struct odprnic_dev *dev);
+irqreturn_t odprnic_cmdq_irq(int irq, void *data);
+struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev);
+void odprnic_cmd_put(struct odprnic_dev *dev, struct odprnic_cmd_slot *s);
+int odprnic_cmd_exec(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
+		     u16 opcode, u32 data_len);
+int odprnic_cmd_nop(struct odprnic_dev *dev);
+int odprnic_cmd_create_pd(struct odprnic_dev *dev, u32 *pdn);
+int odprnic_cmd_destroy_pd(struct odprnic_dev *dev, u32 pdn);
+int odprnic_cmd_create_mr(struct odprnic_dev *dev, u32 pdn, u32 access,
+			  u8 mode, u64 iova, u64 length, u32 *key);
+int odprnic_cmd_destroy_mr(struct odprnic_dev *dev, u32 key);
+int odprnic_cmd_map_pages(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
+			  u32 key, u32 flags, u64 iova, u32 count);
+int odprnic_cmd_resume(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
+		       u32 token, u32 status);
+
+/* odp_rnic_eq.c */
+int odprnic_eq_init(struct odprnic_dev *dev);
+void odprnic_eq_cleanup(struct odprnic_dev *dev);
+irqreturn_t odprnic_eq_irq(int irq, void *data);
+int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len);
+
+/* odp_rnic_verbs.c */
+int odprnic_register_ibdev(struct odprnic_dev *dev);
+void odprnic_unregister_ibdev(struct odprnic_dev *dev);
+
+/* odp_rnic_netdev.c */
+int odprnic_netdev_init(struct odprnic_dev *dev);
+void odprnic_netdev_cleanup(struct odprnic_dev *dev);
+
+/* odp_rnic_mr.c */
+int odprnic_dereg_mr(struct ib_mr *ibmr, struct ib_udata *udata);
+struct ib_mr *odprnic_get_dma_mr(struct ib_pd *pd, int access);
+struct odprnic_mr *odprnic_mr_get(struct odprnic_dev *dev, u32 key);
+void odprnic_mr_put(struct odprnic_mr *mr);
+u32 odprnic_access_to_hw(int access);
+int odprnic_mr_revoked_event(struct odprnic_dev *dev, u32 key);
+
+/* odp_rnic_odp.c */
+int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr);
+int odprnic_odp_stop(struct odprnic_mr *mr);
+void odprnic_odp_dereg(struct odprnic_mr *mr);
+void odprnic_odp_page_fault(struct odprnic_dev *dev,
+			    const struct odprnic_event *ev);
+extern const struct mmu_interval_notifier_ops odprnic_odp_mn_ops;
+
+#endif /* ODP_RNIC_H */

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * odp_rnic: every difference between the kernels the driver builds for
+ * (Debian 6.12 and 7.3) lives here, decided by feature checks: a macro the
+ * kernel header defines where there is one, otherwise a probe of the
+ * headers in Kbuild (ODPRNIC_HAVE_*). The rest of the driver calls only
+ * the odprnic_* wrappers below and never names a kernel symbol that is not
+ * there on every supported kernel.
+ */
+#ifndef ODP_RNIC_COMPAT_H
+#define ODP_RNIC_COMPAT_H
+
+#include <linux/mmu_notifier.h>
+#include <rdma/ib_umem.h>
+#include <rdma/ib_umem_odp.h>
+#include <rdma/ib_verbs.h>
+
+#ifndef ODPRNIC_FEATURES
+#error "build with guest-driver/kernel/Kbuild: it probes the kernel headers"
+#endif
+
+/*
+ * ib_umem_get() (pins with FOLL_LONGTERM) was renamed ib_umem_get_va() in
+ * 7.2, when the descriptor/attribute variants arrived. Neither is a macro,
+ * so Kbuild probes the header (ODPRNIC_HAVE_UMEM_GET_VA).
+ */
+static inline struct ib_umem *odprnic_umem_get(struct ib_device *ibdev,
+					       unsigned long addr, size_t size,
+					       int access)
+{
+#ifdef ODPRNIC_HAVE_UMEM_GET_VA
+	return ib_umem_get_va(ibdev, addr, size, access);
+#else
+	return ib_umem_get(ibdev, addr, size, access);
+#endif
+}
+
+/*
+ * reg_user_mr gained a DMA handle argument (struct ib_dmah) before udata
+ * in 6.17; Kbuild probes the op's prototype (ODPRNIC_HAVE_REG_MR_DMAH).
+ * The driver has no DMA handles (no alloc_dmah), so the core passes NULL.
+ */
+struct ib_mr *odprnic_reg_user_mr(struct ib_pd *pd, u64 start, u64 len,
+				  u64 iova, int access, struct ib_udata *udata);
+
+#ifdef ODPRNIC_HAVE_REG_MR_DMAH
+static inline struct ib_mr *
+odprnic_compat_reg_user_mr(struct ib_pd *pd, u64 start, u64 len, u64 iova,
+			   int access, struct ib_dmah *dmah,
+			   struct ib_udata *udata)
+{
+	return odprnic_reg_user_mr(pd, start, len, iova, access, udata);
+}
+#else
+static inline struct ib_mr *
+odprnic_compat_reg_user_mr(struct ib_pd *pd, u64 start, u64 len, u64 iova,
+			   int access, struct ib_udata *udata)
+{
+	return odprnic_reg_user_mr(pd, start, len, iova, access, udata);
+}
+#endif
+
+/*
+ * The ib_umem_odp page list. Up to 6.15 the core DMA-maps every faulted
+ * page itself and keeps dma_list[] with ODP_READ/WRITE_ALLOWED_BIT in the
+ * low bits; from 6.16 (the hmm_dma_map rework) it only fills
+ * map.pfn_list[] and the driver DMA-maps each entry under umem_mutex with
+ * hmm_dma_map_pfn(), accounting odp->npages itself.
+ */
+#ifdef ODP_READ_ALLOWED_BIT
+#define ODPRNIC_ODP_DMA_LIST 1
+#else
+#define ODPRNIC_ODP_DMA_LIST 0
+#include <linux/hmm.h>
+#include <linux/hmm-dma.h>
+#endif
+
+/* access_mask for ib_umem_odp_map_dma_and_lock() */
+static inline u64 odprnic_odp_access_mask(bool write)
+{
+#if ODPRNIC_ODP_DMA_LIST
+	return ODP_READ_ALLOWED_BIT | (write ? ODP_WRITE_ALLOWED_BIT : 0);
+#else
+	return HMM_PFN_REQ_FAULT | (write ? HMM_PFN_WRITE : 0);
+#endif
+}
+
+/*
+ * odprnic_odp_page_addr - DMA address of ODP page @idx and whether the
+ * device may write it, under umem_mutex after ib_umem_odp_map_dma_and_lock().
+ * Returns false when the page is not present (or cannot be DMA-mapped).
+ */
+static inline bool odprnic_odp_page_addr(struct ib_umem_odp *odp, size_t idx,
+					 dma_addr_t *addr, bool *writable)
+{
+#if ODPRNIC_ODP_DMA_LIST
+	dma_addr_t d = odp->dma_list[idx];
+
+	if (!(d & ODP_READ_ALLOWED_BIT))
+		return false;
+	*addr = d & ODP_DMA_ADDR_MASK;
+	*writable = d & ODP_WRITE_ALLOWED_BIT;
+	return true;
+#else
+	struct ib_device *ibdev = odp->umem.ibdev;
+	unsigned long pfn = odp->map.pfn_list[idx];
+	bool was_mapped = pfn & HMM_PFN_DMA_MAPPED;
+	dma_addr_t d;
+
+	if (!(pfn & HMM_PFN_VALID))
+		return false;
+	d = hmm_dma_map_pfn(ibdev->dma_device, &odp->map, idx, NULL);
+	if (ib_dma_mapping_error(ibdev, d))
+		return false;
+	if (!was_mapped)
+		odp->npages++;
+	*addr = d;
+	*writable = pfn & HMM_PFN_WRITE;
+	return true;
+#endif
+}
+
+/*
+ * 7.x adds create_user_cq next to create_cq; the core still falls back to
+ * create_cq for uverbs, and CQs are not implemented by the v1.0 device, so
+ * the driver fills create_cq only for now.
+ */
+
+#endif /* ODP_RNIC_COMPAT_H */

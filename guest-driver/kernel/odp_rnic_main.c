@@ -1,0 +1,360 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * odp_rnic: module, PCI probe/remove, BAR 0, MSI-X, enable/reset.
+ *
+ * The device is described by docs/hardware.md (contract v1.0); section
+ * names in comments refer to it.
+ */
+#include <linux/delay.h>
+#include <linux/dma-mapping.h>
+#include <linux/interrupt.h>
+#include <linux/module.h>
+#include <linux/pci.h>
+
+#include "odp_rnic.h"
+
+unsigned int odprnic_cmd_timeout_ms = 5000;
+module_param_named(cmd_timeout_ms, odprnic_cmd_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(cmd_timeout_ms,
+		 "Bound on every wait for a command completion (ms)");
+
+unsigned int odprnic_inv_timeout_ms = 5000;
+module_param_named(inv_timeout_ms, odprnic_inv_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(inv_timeout_ms,
+		 "Bound on the wait for an invalidation acknowledgment (ms); on expiry the MR dies and the device is fenced");
+
+char *odprnic_default_mr_mode = "pinned";
+module_param_named(default_mr_mode, odprnic_default_mr_mode, charp, 0444);
+MODULE_PARM_DESC(default_mr_mode,
+		 "Mode of non-ODP MRs that request none: pinned or revocable");
+
+#define ODPRNIC_READY_TIMEOUT_MS	1000
+
+u32 odprnic_read32(struct odprnic_dev *dev, u32 reg)
+{
+	return ioread32(dev->regs + reg);
+}
+
+void odprnic_write32(struct odprnic_dev *dev, u32 reg, u32 val)
+{
+	iowrite32(val, dev->regs + reg);
+}
+
+/* "Registers": a 64-bit register is latched by the write of its high half. */
+void odprnic_write64(struct odprnic_dev *dev, u32 reg, u64 val)
+{
+	iowrite32(lower_32_bits(val), dev->regs + reg);
+	iowrite32(upper_32_bits(val), dev->regs + reg + 4);
+}
+
+/*
+ * A device that was unplugged (or whose process died) reads all-ones.
+ * Every path that waits on the device checks this before it waits longer.
+ */
+bool odprnic_dev_dead(struct odprnic_dev *dev)
+{
+	if (READ_ONCE(dev->lost) || READ_ONCE(dev->fenced))
+		return true;
+	if (odprnic_read32(dev, ODPRNIC_REG_MAGIC) == 0xffffffff) {
+		WRITE_ONCE(dev->lost, true);
+		dev_err(&dev->pdev->dev, "device lost (registers read all-ones)\n");
+		return true;
+	}
+	return false;
+}
+
+/*
+ * "Fencing": clearing Bus Master Enable stops all DMA before the config
+ * write completes. The last resort when the device did not confirm that it
+ * stopped touching memory the kernel takes back.
+ */
+void odprnic_fence(struct odprnic_dev *dev, const char *why)
+{
+	if (test_and_set_bit(0, &dev->fence_once))
+		return;
+	pci_clear_master(dev->pdev);
+	WRITE_ONCE(dev->fenced, true);
+	dev_err(&dev->pdev->dev,
+		"fenced: bus mastering cleared because %s; the device does no DMA until the driver is reloaded\n",
+		why);
+}
+
+static int odprnic_wait_status(struct odprnic_dev *dev, u32 mask, u32 want)
+{
+	unsigned long deadline = jiffies +
+				 msecs_to_jiffies(ODPRNIC_READY_TIMEOUT_MS);
+	u32 st;
+
+	for (;;) {
+		st = odprnic_read32(dev, ODPRNIC_REG_STATUS);
+		if (st == 0xffffffff)
+			return -ENODEV;
+		if ((st & mask) == want)
+			return 0;
+		if (st & ODPRNIC_STATUS_FATAL) {
+			dev_err(&dev->pdev->dev, "device fatal, code %u\n",
+				odprnic_read32(dev, ODPRNIC_REG_FATAL_CODE));
+			return -EIO;
+		}
+		if (time_after(jiffies, deadline))
+			return -ETIMEDOUT;
+		usleep_range(100, 1000);
+	}
+}
+
+/* "Reset": stop DMA, forget queues and objects, clear READY and INV_ACK. */
+static int odprnic_reset(struct odprnic_dev *dev)
+{
+	odprnic_write32(dev, ODPRNIC_REG_CONTROL, ODPRNIC_CONTROL_RESET);
+	dev->inv_seq = 0;
+	return odprnic_wait_status(dev, ODPRNIC_STATUS_READY |
+				   ODPRNIC_STATUS_FATAL, 0);
+}
+
+static void odprnic_vq_regs(struct odprnic_dev *dev, struct odprnic_vq *vq,
+			    u32 base)
+{
+	dma_addr_t d = vq->mem_dma;
+
+	odprnic_write64(dev, base + 0x0,
+			d + ((void *)vq->vr.desc - vq->mem));
+	odprnic_write64(dev, base + 0x8,
+			d + ((void *)vq->vr.avail - vq->mem));
+	odprnic_write64(dev, base + 0x10,
+			d + ((void *)vq->vr.used - vq->mem));
+	odprnic_write32(dev, base + 0x18, vq->num);
+}
+
+static int odprnic_enable(struct odprnic_dev *dev)
+{
+	int err;
+
+	odprnic_vq_regs(dev, &dev->cmdq.vq, ODPRNIC_REG_CMDQ_DESC);
+	odprnic_vq_regs(dev, &dev->eq.vq, ODPRNIC_REG_EQ_DESC);
+	odprnic_write32(dev, ODPRNIC_REG_CONTROL, ODPRNIC_CONTROL_ENABLE);
+	err = odprnic_wait_status(dev, ODPRNIC_STATUS_READY,
+				  ODPRNIC_STATUS_READY);
+	if (err)
+		return err;
+	/* the event buffers were put on the avail ring by odprnic_eq_init() */
+	odprnic_write32(dev, ODPRNIC_REG_EQ_NOTIFY, 1);
+	return 0;
+}
+
+static int odprnic_check_device(struct odprnic_dev *dev)
+{
+	struct device *d = &dev->pdev->dev;
+	u32 magic = odprnic_read32(dev, ODPRNIC_REG_MAGIC);
+	u32 lo, hi;
+
+	if (magic != ODPRNIC_MAGIC) {
+		dev_err(d, "bad magic %#x\n", magic);
+		return -ENODEV;
+	}
+	dev->version = odprnic_read32(dev, ODPRNIC_REG_VERSION);
+	if ((dev->version >> 16) != ODPRNIC_VERSION_MAJOR) {
+		dev_err(d, "interface version %u.%u, driver knows %u.x\n",
+			dev->version >> 16, dev->version & 0xffff,
+			ODPRNIC_VERSION_MAJOR);
+		return -ENODEV;
+	}
+	dev->caps = odprnic_read32(dev, ODPRNIC_REG_CAPS);
+	dev->max_pd = odprnic_read32(dev, ODPRNIC_REG_MAX_PD);
+	dev->max_mr = odprnic_read32(dev, ODPRNIC_REG_MAX_MR);
+	dev->max_mr_pages = odprnic_read32(dev, ODPRNIC_REG_MAX_MR_PAGES);
+	lo = odprnic_read32(dev, ODPRNIC_REG_MAC_LO);
+	hi = odprnic_read32(dev, ODPRNIC_REG_MAC_HI);
+	dev->mac[0] = lo;
+	dev->mac[1] = lo >> 8;
+	dev->mac[2] = lo >> 16;
+	dev->mac[3] = lo >> 24;
+	dev->mac[4] = hi;
+	dev->mac[5] = hi >> 8;
+	dev_info(d, "interface %u.%u caps %#x max_pd %u max_mr %u mac %pM\n",
+		 dev->version >> 16, dev->version & 0xffff, dev->caps,
+		 dev->max_pd, dev->max_mr, dev->mac);
+	return 0;
+}
+
+static int odprnic_setup_irqs(struct odprnic_dev *dev)
+{
+	struct pci_dev *pdev = dev->pdev;
+	int n, err;
+
+	n = pci_alloc_irq_vectors(pdev, ODPRNIC_VEC_EVENT + 1,
+				  ODPRNIC_NUM_VECTORS, PCI_IRQ_MSIX);
+	if (n < 0) {
+		dev_err(&pdev->dev, "MSI-X unavailable: %d\n", n);
+		return n;
+	}
+	err = request_irq(pci_irq_vector(pdev, ODPRNIC_VEC_CMD),
+			  odprnic_cmdq_irq, 0, "odp_rnic-cmd", dev);
+	if (err)
+		goto free_vectors;
+	err = request_irq(pci_irq_vector(pdev, ODPRNIC_VEC_EVENT),
+			  odprnic_eq_irq, 0, "odp_rnic-event", dev);
+	if (err)
+		goto free_cmd;
+	dev_info(&pdev->dev, "MSI-X enabled, %d vectors\n", n);
+	return 0;
+
+free_cmd:
+	free_irq(pci_irq_vector(pdev, ODPRNIC_VEC_CMD), dev);
+free_vectors:
+	pci_free_irq_vectors(pdev);
+	return err;
+}
+
+static void odprnic_free_irqs(struct odprnic_dev *dev)
+{
+	struct pci_dev *pdev = dev->pdev;
+
+	free_irq(pci_irq_vector(pdev, ODPRNIC_VEC_EVENT), dev);
+	free_irq(pci_irq_vector(pdev, ODPRNIC_VEC_CMD), dev);
+	pci_free_irq_vectors(pdev);
+}
+
+static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct odprnic_dev *dev;
+	int err;
+
+	dev = ib_alloc_device(odprnic_dev, ibdev);
+	if (!dev)
+		return -ENOMEM;
+	dev->pdev = pdev;
+	pci_set_drvdata(pdev, dev);
+	spin_lock_init(&dev->inv_lock);
+	init_waitqueue_head(&dev->inv_wait);
+	xa_init_flags(&dev->mrs, XA_FLAGS_LOCK_IRQ);
+
+	err = pci_enable_device(pdev);
+	if (err)
+		goto err_dealloc;
+	err = pci_request_regions(pdev, ODPRNIC_DRV_NAME);
+	if (err)
+		goto err_disable;
+	/*
+	 * A full 64-bit mask: from 6.16 ib_umem_odp refuses devices with
+	 * limited addressing (hmm_dma_map_alloc).
+	 */
+	err = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
+	if (err) {
+		dev_err(&pdev->dev, "no 64-bit DMA: %d\n", err);
+		goto err_regions;
+	}
+	dev->regs = pci_iomap(pdev, ODPRNIC_BAR_REGS, ODPRNIC_BAR_REGS_SIZE);
+	if (!dev->regs) {
+		err = -ENOMEM;
+		goto err_regions;
+	}
+	err = odprnic_check_device(dev);
+	if (err)
+		goto err_unmap;
+	err = odprnic_reset(dev);
+	if (err) {
+		dev_err(&pdev->dev, "reset failed: %d\n", err);
+		goto err_unmap;
+	}
+	pci_set_master(pdev);
+
+	dev->wq = alloc_workqueue("odp_rnic", WQ_HIGHPRI | WQ_UNBOUND |
+				  WQ_MEM_RECLAIM, 0);
+	if (!dev->wq) {
+		err = -ENOMEM;
+		goto err_clear_master;
+	}
+	err = odprnic_cmdq_init(dev);
+	if (err)
+		goto err_wq;
+	err = odprnic_eq_init(dev);
+	if (err)
+		goto err_cmdq;
+	err = odprnic_setup_irqs(dev);
+	if (err)
+		goto err_eq;
+	err = odprnic_enable(dev);
+	if (err) {
+		dev_err(&pdev->dev, "enable failed: %d\n", err);
+		goto err_irqs;
+	}
+	err = odprnic_cmd_nop(dev);
+	if (err) {
+		dev_err(&pdev->dev, "NOP failed: %d\n", err);
+		goto err_reset;
+	}
+	err = odprnic_netdev_init(dev);
+	if (err)
+		goto err_reset;
+	err = odprnic_register_ibdev(dev);
+	if (err)
+		goto err_netdev;
+	return 0;
+
+err_netdev:
+	odprnic_netdev_cleanup(dev);
+err_reset:
+	odprnic_reset(dev);
+err_irqs:
+	odprnic_free_irqs(dev);
+err_eq:
+	odprnic_eq_cleanup(dev);
+err_cmdq:
+	odprnic_cmdq_cleanup(dev);
+err_wq:
+	destroy_workqueue(dev->wq);
+err_clear_master:
+	pci_clear_master(pdev);
+err_unmap:
+	pci_iounmap(pdev, dev->regs);
+err_regions:
+	pci_release_regions(pdev);
+err_disable:
+	pci_disable_device(pdev);
+err_dealloc:
+	ib_dealloc_device(&dev->ibdev);
+	return err;
+}
+
+static void odprnic_remove(struct pci_dev *pdev)
+{
+	struct odprnic_dev *dev = pci_get_drvdata(pdev);
+
+	/* a device already gone makes every command below fail fast */
+	odprnic_dev_dead(dev);
+	odprnic_unregister_ibdev(dev);
+	odprnic_netdev_cleanup(dev);
+	if (!READ_ONCE(dev->lost))
+		odprnic_reset(dev);
+	odprnic_free_irqs(dev);
+	flush_workqueue(dev->wq);
+	destroy_workqueue(dev->wq);
+	odprnic_eq_cleanup(dev);
+	odprnic_cmdq_cleanup(dev);
+	pci_clear_master(pdev);
+	pci_iounmap(pdev, dev->regs);
+	pci_release_regions(pdev);
+	pci_disable_device(pdev);
+	WARN_ON(!xa_empty(&dev->mrs));
+	xa_destroy(&dev->mrs);
+	ib_dealloc_device(&dev->ibdev);
+}
+
+static const struct pci_device_id odprnic_pci_ids[] = {
+	{ PCI_DEVICE(ODPRNIC_PCI_VENDOR_ID, ODPRNIC_PCI_DEVICE_ID) },
+	{ }
+};
+MODULE_DEVICE_TABLE(pci, odprnic_pci_ids);
+
+static struct pci_driver odprnic_pci_driver = {
+	.name = ODPRNIC_DRV_NAME,
+	.id_table = odprnic_pci_ids,
+	.probe = odprnic_probe,
+	.remove = odprnic_remove,
+};
+
+module_pci_driver(odprnic_pci_driver);
+
+MODULE_AUTHOR("odp-rnic developers");
+MODULE_DESCRIPTION("odp-rnic emulated RDMA NIC with on-demand paging");
+MODULE_LICENSE("GPL");

@@ -1,0 +1,503 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * odp_rnic: memory regions ("Three kinds of memory registration").
+ *
+ * pinned:    ib_umem with FOLL_LONGTERM, the whole table written at
+ *            registration (refused by the kernel on FS-DAX).
+ * revocable: short-term pins and an mmu interval notifier; an invalidation
+ *            revokes the key through the doorbell and the pins are dropped
+ *            by a work item, outside the notifier.
+ * odp:       odp_rnic_odp.c.
+ */
+#include <linux/mm.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <rdma/odp_rnic-abi.h>
+#include <rdma/iter.h>
+#include <rdma/uverbs_ioctl.h>
+
+#include "odp_rnic.h"
+
+u32 odprnic_access_to_hw(int access)
+{
+	u32 hw = 0;
+
+	if (access & IB_ACCESS_LOCAL_WRITE)
+		hw |= ODPRNIC_ACCESS_LOCAL_WRITE;
+	if (access & IB_ACCESS_REMOTE_WRITE)
+		hw |= ODPRNIC_ACCESS_REMOTE_WRITE;
+	if (access & IB_ACCESS_REMOTE_READ)
+		hw |= ODPRNIC_ACCESS_REMOTE_READ;
+	if (access & IB_ACCESS_REMOTE_ATOMIC)
+		hw |= ODPRNIC_ACCESS_REMOTE_ATOMIC;
+	return hw;
+}
+
+struct odprnic_mr *odprnic_mr_get(struct odprnic_dev *dev, u32 key)
+{
+	struct odprnic_mr *mr;
+	unsigned long flags;
+
+	xa_lock_irqsave(&dev->mrs, flags);
+	mr = xa_load(&dev->mrs, key >> 8);
+	if (mr && (mr->key != key || !refcount_inc_not_zero(&mr->refs)))
+		mr = NULL;
+	xa_unlock_irqrestore(&dev->mrs, flags);
+	return mr;
+}
+
+void odprnic_mr_put(struct odprnic_mr *mr)
+{
+	if (refcount_dec_and_test(&mr->refs))
+		complete(&mr->released);
+}
+
+struct ib_mr *odprnic_get_dma_mr(struct ib_pd *pd, int access)
+{
+	/* user space never names guest-physical memory ("Queues ...") */
+	return ERR_PTR(-EOPNOTSUPP);
+}
+
+/*
+ * Writing the translation table of a pinned or revocable MR: entries are
+ * collected in a command slot's data buffer and sent with one MAP_PAGES
+ * per ODPRNIC_MAP_MAX pages.
+ */
+struct odprnic_table_writer {
+	struct odprnic_mr *mr;
+	struct odprnic_cmd_slot *s;
+	u64 pte_bits;
+	u64 next_iova;		/* IOVA of the first entry in the buffer */
+	u32 count;
+};
+
+static int odprnic_tw_begin(struct odprnic_table_writer *tw,
+			    struct odprnic_mr *mr)
+{
+	tw->mr = mr;
+	tw->count = 0;
+	tw->next_iova = mr->iova & PAGE_MASK;
+	tw->pte_bits = ODPRNIC_PTE_READ;
+	if (mr->access & (IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_WRITE |
+			  IB_ACCESS_REMOTE_ATOMIC))
+		tw->pte_bits |= ODPRNIC_PTE_WRITE;
+	tw->s = odprnic_cmd_get(mr->dev);
+	return PTR_ERR_OR_ZERO(tw->s);
+}
+
+static int odprnic_tw_flush(struct odprnic_table_writer *tw)
+{
+	int err;
+
+	if (!tw->count)
+		return 0;
+	err = odprnic_cmd_map_pages(tw->mr->dev, tw->s, tw->mr->key, 0,
+				    tw->next_iova, tw->count);
+	tw->next_iova += (u64)tw->count << PAGE_SHIFT;
+	tw->count = 0;
+	return err;
+}
+
+static int odprnic_tw_add(struct odprnic_table_writer *tw, u64 addr)
+{
+	tw->s->data[tw->count++] = cpu_to_le64((addr & PAGE_MASK) |
+					       tw->pte_bits);
+	if (tw->count == ODPRNIC_MAP_MAX)
+		return odprnic_tw_flush(tw);
+	return 0;
+}
+
+static int odprnic_tw_end(struct odprnic_table_writer *tw, int err)
+{
+	if (!err)
+		err = odprnic_tw_flush(tw);
+	odprnic_cmd_put(tw->mr->dev, tw->s);
+	return err;
+}
+
+static int odprnic_pinned_reg(struct odprnic_mr *mr)
+{
+	struct odprnic_dev *dev = mr->dev;
+	struct odprnic_table_writer tw;
+	struct ib_block_iter biter;
+	struct ib_umem *umem;
+	int err;
+
+	umem = odprnic_umem_get(&dev->ibdev, mr->start, mr->length,
+				mr->access);
+	if (IS_ERR(umem))
+		return PTR_ERR(umem);
+	mr->umem = umem;
+	err = odprnic_cmd_create_mr(dev, to_opd(mr->ibmr.pd)->pdn,
+				    odprnic_access_to_hw(mr->access),
+				    ODPRNIC_MR_PINNED, mr->iova, mr->length,
+				    &mr->key);
+	if (err)
+		goto err_release;
+	set_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	err = odprnic_tw_begin(&tw, mr);
+	if (err)
+		goto err_destroy;
+	rdma_umem_for_each_dma_block(umem, &biter, PAGE_SIZE) {
+		err = odprnic_tw_add(&tw, rdma_block_iter_dma_address(&biter));
+		if (err)
+			break;
+	}
+	err = odprnic_tw_end(&tw, err);
+	if (err)
+		goto err_destroy;
+	return 0;
+
+err_destroy:
+	clear_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	if (odprnic_cmd_destroy_mr(dev, mr->key) == -ETIMEDOUT)
+		odprnic_fence(dev, "DESTROY_MR of a failed registration timed out");
+err_release:
+	ib_umem_release(umem);
+	mr->umem = NULL;
+	return err;
+}
+
+static void odprnic_pinned_dereg(struct odprnic_mr *mr)
+{
+	ib_umem_release(mr->umem);
+	mr->umem = NULL;
+}
+
+/* ---- revocable MRs ------------------------------------------------- */
+
+static void odprnic_revocable_unpin(struct odprnic_mr *mr)
+{
+	struct page **pages;
+	unsigned long n;
+
+	mutex_lock(&mr->revoke_lock);
+	pages = mr->pages;
+	n = mr->npages;
+	mr->pages = NULL;
+	mr->npages = 0;
+	mutex_unlock(&mr->revoke_lock);
+	if (!pages)
+		return;
+	unpin_user_pages_dirty_lock(pages, n, mr->access &
+				    (IB_ACCESS_LOCAL_WRITE |
+				     IB_ACCESS_REMOTE_WRITE |
+				     IB_ACCESS_REMOTE_ATOMIC));
+	kvfree(pages);
+}
+
+static void odprnic_unpin_work(struct work_struct *work)
+{
+	struct odprnic_mr *mr = container_of(work, struct odprnic_mr,
+					     unpin_work);
+
+	odprnic_revocable_unpin(mr);
+	odprnic_mr_put(mr);
+}
+
+/*
+ * Any invalidation of a revocable MR revokes it: the doorbell makes the
+ * device fence the key ("Invalidation doorbell", step 3), and once it
+ * acknowledged, the pins may go. They are released by a work item, not
+ * here: writeback and migration call notifiers with folios locked, and
+ * unpin_user_pages_dirty_lock() would take those locks again.
+ */
+static bool odprnic_revocable_invalidate(struct mmu_interval_notifier *mni,
+					 const struct mmu_notifier_range *range,
+					 unsigned long cur_seq)
+{
+	struct odprnic_mr *mr = container_of(mni, struct odprnic_mr, notifier);
+	struct odprnic_dev *dev = mr->dev;
+	int err;
+
+	if (!mmu_notifier_range_blockable(range))
+		return false;
+
+	mutex_lock(&mr->revoke_lock);
+	mmu_interval_set_seq(mni, cur_seq);
+	if (!test_bit(ODPRNIC_MRF_LIVE, &mr->flags) ||
+	    test_and_set_bit(ODPRNIC_MRF_REVOKED, &mr->flags))
+		goto out;
+	err = odprnic_invalidate(dev, mr->key, mr->iova, mr->length);
+	if (err == -ETIMEDOUT) {
+		set_bit(ODPRNIC_MRF_DEAD, &mr->flags);
+		odprnic_fence(dev, "a revocation was not acknowledged");
+	}
+	atomic64_inc(&mr->invalidations);
+	atomic64_inc(&dev->stats.revocations);
+	ibdev_info_ratelimited(&dev->ibdev,
+			       "MR key %#x revoked (event %d, range %#lx-%#lx)\n",
+			       mr->key, range->event, range->start,
+			       range->end);
+	/* the work item holds a reference until the pins are gone */
+	refcount_inc(&mr->refs);
+	queue_work(dev->wq, &mr->unpin_work);
+out:
+	mutex_unlock(&mr->revoke_lock);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops odprnic_revocable_mn_ops = {
+	.invalidate = odprnic_revocable_invalidate,
+};
+
+static int odprnic_revocable_reg(struct odprnic_mr *mr)
+{
+	struct odprnic_dev *dev = mr->dev;
+	unsigned long first = mr->start & PAGE_MASK;
+	unsigned long npages = (PAGE_ALIGN(mr->start + mr->length) - first) >>
+			       PAGE_SHIFT;
+	struct odprnic_table_writer tw;
+	unsigned long pinned = 0, i;
+	unsigned int gup = 0;
+	unsigned long seq;
+	int err;
+
+	if (!(dev->caps & ODPRNIC_CAP_REVOCABLE))
+		return -EOPNOTSUPP;
+	if (mr->access & (IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_WRITE |
+			  IB_ACCESS_REMOTE_ATOMIC))
+		gup |= FOLL_WRITE;
+	mr->pages = kvcalloc(npages, sizeof(*mr->pages), GFP_KERNEL);
+	if (!mr->pages)
+		return -ENOMEM;
+
+	err = mmu_interval_notifier_insert(&mr->notifier, current->mm, first,
+					   npages << PAGE_SHIFT,
+					   &odprnic_revocable_mn_ops);
+	if (err)
+		goto err_free;
+	mr->notifier_live = true;
+	seq = mmu_interval_read_begin(&mr->notifier);
+
+	/* short-term pins: no FOLL_LONGTERM, so FS-DAX is allowed */
+	while (pinned < npages) {
+		int n = pin_user_pages_fast(first + (pinned << PAGE_SHIFT),
+					    min_t(unsigned long,
+						  npages - pinned, 512),
+					    gup, mr->pages + pinned);
+		if (n <= 0) {
+			err = n ? n : -EFAULT;
+			goto err_unpin;
+		}
+		pinned += n;
+	}
+	mr->npages = npages;
+
+	err = odprnic_cmd_create_mr(dev, to_opd(mr->ibmr.pd)->pdn,
+				    odprnic_access_to_hw(mr->access),
+				    ODPRNIC_MR_REVOCABLE, mr->iova,
+				    mr->length, &mr->key);
+	if (err)
+		goto err_unpin;
+	err = odprnic_tw_begin(&tw, mr);
+	if (err)
+		goto err_destroy;
+	/* no IOMMU in front of the device: a page's address is its DMA one */
+	for (i = 0; i < npages && !err; i++)
+		err = odprnic_tw_add(&tw, page_to_phys(mr->pages[i]));
+	err = odprnic_tw_end(&tw, err);
+	if (err)
+		goto err_destroy;
+	mutex_lock(&mr->revoke_lock);
+	/* invalidated while being registered: the pins may be stale */
+	if (mmu_interval_read_retry(&mr->notifier, seq)) {
+		mutex_unlock(&mr->revoke_lock);
+		err = -EAGAIN;
+		goto err_destroy;
+	}
+	set_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	mutex_unlock(&mr->revoke_lock);
+	return 0;
+
+err_destroy:
+	if (odprnic_cmd_destroy_mr(dev, mr->key) == -ETIMEDOUT)
+		odprnic_fence(dev, "DESTROY_MR of a failed registration timed out");
+err_unpin:
+	mr->npages = pinned;
+	mmu_interval_notifier_remove(&mr->notifier);
+	mr->notifier_live = false;
+	odprnic_revocable_unpin(mr);
+	return err;
+err_free:
+	kvfree(mr->pages);
+	mr->pages = NULL;
+	return err;
+}
+
+static void odprnic_revocable_dereg(struct odprnic_mr *mr)
+{
+	if (mr->notifier_live)
+		mmu_interval_notifier_remove(&mr->notifier);
+	mr->notifier_live = false;
+	flush_work(&mr->unpin_work);
+	odprnic_revocable_unpin(mr);
+}
+
+int odprnic_mr_revoked_event(struct odprnic_dev *dev, u32 key)
+{
+	ibdev_dbg(&dev->ibdev, "device revoked MR key %#x\n", key);
+	return 0;
+}
+
+/* ---- registration -------------------------------------------------- */
+
+static int odprnic_choose_mode(struct odprnic_dev *dev, int access,
+			       struct ib_udata *udata, u8 *mode)
+{
+	struct odprnic_reg_mr_req req = {};
+	int err;
+
+	if (udata && udata->inlen) {
+		err = ib_copy_from_udata(&req, udata,
+					 min(udata->inlen, sizeof(req)));
+		if (err)
+			return err;
+		if (req.reserved ||
+		    req.flags & ~(ODPRNIC_REG_MR_REVOCABLE |
+				  ODPRNIC_REG_MR_PINNED))
+			return -EINVAL;
+	}
+	if (access & IB_ACCESS_ON_DEMAND) {
+		if (req.flags)
+			return -EINVAL;
+		*mode = ODPRNIC_MR_ODP;
+		return 0;
+	}
+	switch (req.flags) {
+	case ODPRNIC_REG_MR_PINNED:
+		*mode = ODPRNIC_MR_PINNED;
+		return 0;
+	case ODPRNIC_REG_MR_REVOCABLE:
+		*mode = ODPRNIC_MR_REVOCABLE;
+		return 0;
+	case 0:
+		*mode = sysfs_streq(odprnic_default_mr_mode, "revocable") ?
+			ODPRNIC_MR_REVOCABLE : ODPRNIC_MR_PINNED;
+		return 0;
+	default:
+		return -EINVAL;
+	}
+}
+
+struct ib_mr *odprnic_reg_user_mr(struct ib_pd *pd, u64 start, u64 len,
+				  u64 iova, int access, struct ib_udata *udata)
+{
+	struct odprnic_dev *dev = to_odev(pd->device);
+	struct odprnic_reg_mr_resp resp = {};
+	struct odprnic_mr *mr;
+	u8 mode;
+	int err;
+
+	err = odprnic_choose_mode(dev, access, udata, &mode);
+	if (err)
+		return ERR_PTR(err);
+	if (!len || len > ((u64)dev->max_mr_pages << ODPRNIC_PAGE_SHIFT) -
+			  (iova & ~PAGE_MASK))
+		return ERR_PTR(mode == ODPRNIC_MR_ODP && start == 0 &&
+			       len == U64_MAX ? -EOPNOTSUPP : -EINVAL);
+	/* MR table entries follow the pages of the IOVA range */
+	if (offset_in_page(start) != offset_in_page(iova))
+		return ERR_PTR(-EINVAL);
+
+	mr = kzalloc(sizeof(*mr), GFP_KERNEL);
+	if (!mr)
+		return ERR_PTR(-ENOMEM);
+	mr->dev = dev;
+	mr->mode = mode;
+	mr->start = start;
+	mr->iova = iova;
+	mr->length = len;
+	mr->access = access;
+	mr->ibmr.pd = pd;
+	mutex_init(&mr->revoke_lock);
+	INIT_WORK(&mr->unpin_work, odprnic_unpin_work);
+	refcount_set(&mr->refs, 1);
+	init_completion(&mr->released);
+
+	switch (mode) {
+	case ODPRNIC_MR_PINNED:
+		err = odprnic_pinned_reg(mr);
+		break;
+	case ODPRNIC_MR_REVOCABLE:
+		err = odprnic_revocable_reg(mr);
+		break;
+	default:
+		err = odprnic_odp_reg(dev, mr);
+		break;
+	}
+	if (err)
+		goto err_free;
+
+	err = xa_insert_irq(&dev->mrs, mr->key >> 8, mr, GFP_KERNEL);
+	if (err)
+		goto err_dereg;
+	mr->ibmr.lkey = mr->key;
+	mr->ibmr.rkey = mr->key;
+
+	resp.mode = mode;
+	if (udata && udata->outlen) {
+		err = ib_copy_to_udata(udata, &resp,
+				       min(udata->outlen, sizeof(resp)));
+		if (err)
+			goto err_erase;
+	}
+	ibdev_dbg(&dev->ibdev, "MR key %#x mode %u va %#llx len %#llx\n",
+		  mr->key, mode, start, len);
+	return &mr->ibmr;
+
+err_erase:
+	xa_erase_irq(&dev->mrs, mr->key >> 8);
+err_dereg:
+	odprnic_dereg_mr(&mr->ibmr, NULL);
+	return ERR_PTR(err);
+err_free:
+	kfree(mr);
+	return ERR_PTR(err);
+}
+
+int odprnic_dereg_mr(struct ib_mr *ibmr, struct ib_udata *udata)
+{
+	struct odprnic_mr *mr = to_omr(ibmr);
+	struct odprnic_dev *dev = mr->dev;
+	int err;
+
+	xa_cmpxchg_irq(&dev->mrs, mr->key >> 8, mr, NULL, 0);
+
+	/*
+	 * "DESTROY_MR": the device stops and drains accesses through the key
+	 * before it completes, so after it the pages may go. If it cannot
+	 * say so in time, nothing but the fence makes releasing them safe.
+	 */
+	if (mr->mode == ODPRNIC_MR_ODP) {
+		err = odprnic_odp_stop(mr);
+	} else {
+		bool live;
+
+		/* the notifier takes references only while LIVE is set */
+		mutex_lock(&mr->revoke_lock);
+		live = test_and_clear_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+		mutex_unlock(&mr->revoke_lock);
+		err = live ? odprnic_cmd_destroy_mr(dev, mr->key) : 0;
+	}
+	if (err == -ETIMEDOUT || err == -EIO)
+		odprnic_fence(dev, "DESTROY_MR did not complete");
+
+	/* page-fault events and unpin work still using the MR */
+	odprnic_mr_put(mr);
+	wait_for_completion(&mr->released);
+
+	switch (mr->mode) {
+	case ODPRNIC_MR_PINNED:
+		odprnic_pinned_dereg(mr);
+		break;
+	case ODPRNIC_MR_REVOCABLE:
+		odprnic_revocable_dereg(mr);
+		break;
+	default:
+		odprnic_odp_dereg(mr);
+		break;
+	}
+	kfree(mr);
+	return 0;
+}

@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * odp_rnic: on-demand paging ("Page faults", "Invalidation doorbell").
+ *
+ * An ODP MR starts with an empty device table. The device parks an access
+ * that needs a missing page and posts EVENT_PAGE_FAULT; the handler here
+ * faults the range in with ib_umem_odp_map_dma_and_lock(), writes the
+ * translations with MAP_PAGES under umem_mutex and answers RESUME. The
+ * mmu interval notifier takes pages back: doorbell, wait for the
+ * acknowledgment (bounded by inv_timeout_ms), then unmap.
+ */
+#include <linux/sched/mm.h>
+
+#include "odp_rnic.h"
+
+static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
+				   const struct mmu_notifier_range *range,
+				   unsigned long cur_seq)
+{
+	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
+					       notifier);
+	struct odprnic_mr *mr = odp->private;
+	unsigned long start, end;
+	int err;
+
+	if (!mmu_notifier_range_blockable(range))
+		return false;
+
+	mutex_lock(&odp->umem_mutex);
+	mmu_interval_set_seq(mni, cur_seq);
+	start = max(ib_umem_start(odp), range->start);
+	end = min(ib_umem_end(odp), range->end);
+
+	/* nothing mapped, nothing the device can reach */
+	if (!mr || !odp->npages || !test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
+		goto unmap;
+
+	atomic64_inc(&mr->invalidations);
+	err = odprnic_invalidate(mr->dev, mr->key,
+				 mr->iova + (start - mr->start), end - start);
+	if (err == -ETIMEDOUT) {
+		/*
+		 * The device did not confirm it stopped touching the pages,
+		 * and the kernel is about to reuse them: fence all DMA.
+		 */
+		set_bit(ODPRNIC_MRF_DEAD, &mr->flags);
+		odprnic_fence(mr->dev, "an ODP invalidation was not acknowledged");
+	}
+unmap:
+	ib_umem_odp_unmap_dma_pages(odp, start, end);
+	mutex_unlock(&odp->umem_mutex);
+	return true;
+}
+
+const struct mmu_interval_notifier_ops odprnic_odp_mn_ops = {
+	.invalidate = odprnic_odp_invalidate,
+};
+
+int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
+{
+	struct ib_umem_odp *odp;
+	int err;
+
+	if (!(dev->caps & ODPRNIC_CAP_ODP))
+		return -EOPNOTSUPP;
+	/* implicit ODP (the whole address space) is not implemented yet */
+	if (mr->start == 0 && mr->length == U64_MAX)
+		return -EOPNOTSUPP;
+
+	odp = ib_umem_odp_get(&dev->ibdev, mr->start, mr->length, mr->access,
+			      &odprnic_odp_mn_ops);
+	if (IS_ERR(odp))
+		return PTR_ERR(odp);
+	mr->odp = odp;
+	mr->umem = &odp->umem;
+
+	err = odprnic_cmd_create_mr(dev, to_opd(mr->ibmr.pd)->pdn,
+				    odprnic_access_to_hw(mr->access),
+				    ODPRNIC_MR_ODP, mr->iova, mr->length,
+				    &mr->key);
+	if (err) {
+		ib_umem_odp_release(odp);
+		mr->odp = NULL;
+		mr->umem = NULL;
+		return err;
+	}
+	mutex_lock(&odp->umem_mutex);
+	odp->private = mr;
+	set_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	mutex_unlock(&odp->umem_mutex);
+	return 0;
+}
+
+/* Stop the device using the MR: DESTROY_MR fails parked accesses too. */
+int odprnic_odp_stop(struct odprnic_mr *mr)
+{
+	struct ib_umem_odp *odp = mr->odp;
+	bool live;
+
+	mutex_lock(&odp->umem_mutex);
+	live = test_and_clear_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	mutex_unlock(&odp->umem_mutex);
+	return live ? odprnic_cmd_destroy_mr(mr->dev, mr->key) : 0;
+}
+
+void odprnic_odp_dereg(struct odprnic_mr *mr)
+{
+	ib_umem_odp_release(mr->odp);
+	mr->odp = NULL;
+	mr->umem = NULL;
+}
+
+/*
+ * Map [@iova, @iova + @len) of @mr into the device: fault the pages in,
+ * then MAP_PAGES under umem_mutex so that an invalidation cannot slip in
+ * between (it waits for the mutex and then zaps what we wrote).
+ */
+static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
+			   u64 iova, u64 len, bool write, u32 map_flags)
+{
+	struct ib_umem_odp *odp = mr->odp;
+	u64 mr_first = mr->iova & PAGE_MASK;
+	u64 pos, end;
+	int err = 0;
+
+	if (iova < mr->iova || len > mr->length ||
+	    iova - mr->iova > mr->length - len)
+		return -EFAULT;
+	pos = iova & PAGE_MASK;
+	end = PAGE_ALIGN(iova + len);
+
+	while (pos < end) {
+		u32 n = min_t(u64, (end - pos) >> PAGE_SHIFT, ODPRNIC_MAP_MAX);
+		u64 va = ib_umem_start(odp) + (pos - mr_first);
+		u64 bcnt = min_t(u64, (u64)n << PAGE_SHIFT,
+				 ib_umem_end(odp) - va);
+		size_t idx = (va - ib_umem_start(odp)) >> PAGE_SHIFT;
+		u32 i;
+		int ret;
+
+		ret = ib_umem_odp_map_dma_and_lock(odp, va, bcnt,
+						   odprnic_odp_access_mask(write),
+						   true);
+		if (ret < 0)
+			return ret;
+		/* umem_mutex is held */
+		if (!test_bit(ODPRNIC_MRF_LIVE, &mr->flags) ||
+		    test_bit(ODPRNIC_MRF_DEAD, &mr->flags)) {
+			mutex_unlock(&odp->umem_mutex);
+			return -EFAULT;
+		}
+		for (i = 0; i < n; i++) {
+			dma_addr_t addr;
+			bool w;
+			u64 pte = 0;
+
+			if (odprnic_odp_page_addr(odp, idx + i, &addr, &w))
+				pte = (addr & PAGE_MASK) | ODPRNIC_PTE_READ |
+				      (w ? ODPRNIC_PTE_WRITE : 0);
+			s->data[i] = cpu_to_le64(pte);
+		}
+		err = odprnic_cmd_map_pages(mr->dev, s, mr->key, map_flags,
+					    pos, n);
+		mutex_unlock(&odp->umem_mutex);
+		if (err)
+			return err;
+		pos += (u64)n << PAGE_SHIFT;
+	}
+	return 0;
+}
+
+/*
+ * EVENT_PAGE_FAULT: resolve and RESUME. A race with an invalidation
+ * (-EAGAIN, -EBUSY from the core's retry bound) resumes with success so
+ * the device retries and faults again; a bad address (-EFAULT, -EPERM, an
+ * unknown or dead key) fails the access.
+ */
+void odprnic_odp_page_fault(struct odprnic_dev *dev,
+			    const struct odprnic_event *ev)
+{
+	const struct odprnic_ev_page_fault *pf = (const void *)ev->data;
+	u32 token = le32_to_cpu(pf->token);
+	u32 key = le32_to_cpu(pf->key);
+	u64 iova = le64_to_cpu(pf->iova);
+	u64 len = le64_to_cpu(pf->length);
+	bool write = le32_to_cpu(pf->flags) & ODPRNIC_FAULT_WRITE;
+	struct odprnic_cmd_slot *s;
+	struct odprnic_mr *mr;
+	u32 status = 1;
+	int err = -ENOENT;
+
+	atomic64_inc(&dev->stats.page_faults);
+	s = odprnic_cmd_get(dev);
+	if (IS_ERR(s)) {
+		dev_err_ratelimited(&dev->pdev->dev,
+				    "page fault token %u: no command slot (%ld)\n",
+				    token, PTR_ERR(s));
+		return;
+	}
+	mr = odprnic_mr_get(dev, key);
+	if (mr && mr->mode == ODPRNIC_MR_ODP) {
+		atomic64_inc(&mr->faults);
+		err = odprnic_odp_map(mr, s, iova, len, write, 0);
+		if (!err || err == -EAGAIN || err == -EBUSY)
+			status = 0;
+		else
+			atomic64_inc(&mr->fault_errors);
+	}
+	if (mr)
+		odprnic_mr_put(mr);
+	if (status)
+		atomic64_inc(&dev->stats.fault_errors);
+	ibdev_dbg(&dev->ibdev,
+		  "page fault token %u key %#x iova %#llx len %#llx %s: %d\n",
+		  token, key, iova, len, write ? "write" : "read", err);
+	err = odprnic_cmd_resume(dev, s, token, status);
+	if (err)
+		dev_warn_ratelimited(&dev->pdev->dev,
+				     "RESUME token %u failed: %d\n", token, err);
+	odprnic_cmd_put(dev, s);
+}
