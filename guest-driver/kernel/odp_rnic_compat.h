@@ -121,9 +121,23 @@ static inline bool odprnic_odp_page_addr(struct ib_umem_odp *odp, size_t idx,
 }
 
 /*
- * 7.x adds create_user_cq next to create_cq; the core still falls back to
- * create_cq for uverbs, and CQs are not implemented by the v1.0 device, so
- * the driver fills create_cq only for now.
+ * 7.x adds create_user_cq next to create_cq, and once the transition is
+ * over uverbs calls it unconditionally. Kbuild probes for the member
+ * (ODPRNIC_HAVE_CREATE_USER_CQ); where it exists the driver fills it with
+ * the same function as create_cq.
  */
+int odprnic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
+		      struct uverbs_attr_bundle *attrs);
+
+static inline void odprnic_compat_set_ops(struct ib_device *ibdev)
+{
+#ifdef ODPRNIC_HAVE_CREATE_USER_CQ
+	static const struct ib_device_ops ops = {
+		.create_user_cq = odprnic_create_cq,
+	};
+
+	ib_set_device_ops(ibdev, &ops);
+#endif
+}
 
 #endif /* ODP_RNIC_COMPAT_H */

@@ -164,9 +164,8 @@ static int odprnic_dealloc_pd(struct ib_pd *ibpd, struct ib_udata *udata)
 }
 
 /* CQs and QPs: the v1.0 device has none yet; the ops stay in the table. */
-static int odprnic_create_cq(struct ib_cq *ibcq,
-			     const struct ib_cq_init_attr *attr,
-			     struct uverbs_attr_bundle *attrs)
+int odprnic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
+		      struct uverbs_attr_bundle *attrs)
 {
 	return -EOPNOTSUPP;
 }
@@ -283,6 +282,7 @@ int odprnic_register_ibdev(struct odprnic_dev *dev)
 	addrconf_addr_eui48((unsigned char *)&ibdev->node_guid,
 			    dev->netdev->dev_addr);
 	ib_set_device_ops(ibdev, &odprnic_dev_ops);
+	odprnic_compat_set_ops(ibdev);
 
 	err = ib_device_set_netdev(ibdev, dev->netdev, 1);
 	if (err)
