@@ -234,6 +234,8 @@ struct odprnic_mr *odprnic_mr_get(struct odprnic_dev *dev, u32 key);
 void odprnic_mr_put(struct odprnic_mr *mr);
 u32 odprnic_access_to_hw(int access);
 int odprnic_mr_revoked_event(struct odprnic_dev *dev, u32 key);
+int odprnic_fill_res_mr_entry(struct sk_buff *msg, struct ib_mr *ibmr);
+int odprnic_fill_stat_mr_entry(struct sk_buff *msg, struct ib_mr *ibmr);
 
 /* odp_rnic_odp.c */
 int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr);

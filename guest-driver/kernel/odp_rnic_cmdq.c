@@ -14,6 +14,7 @@
 #include <linux/virtio_byteorder.h>
 
 #include "odp_rnic.h"
+#include "odp_rnic_trace.h"
 
 #define ODPRNIC_CMDQ_SIZE	64
 #define ODPRNIC_DESC_PER_SLOT	3
@@ -301,6 +302,8 @@ int odprnic_cmd_exec(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
 		spin_unlock_irqrestore(&q->lock, flags);
 		if (!late) {
 			atomic64_inc(&dev->stats.cmd_timeouts);
+			trace_odprnic_timeout("command", opcode,
+					      odprnic_cmd_timeout_ms);
 			odprnic_dev_dead(dev);
 			dev_err_ratelimited(&dev->pdev->dev,
 					    "command %#x (cookie %u) timed out after %u ms\n",

@@ -16,6 +16,7 @@
 #include <linux/virtio_byteorder.h>
 
 #include "odp_rnic.h"
+#include "odp_rnic_trace.h"
 
 #define ODPRNIC_EQ_SIZE		64
 #define ODPRNIC_EQ_BATCH	16
@@ -176,6 +177,7 @@ static bool odprnic_inv_acked(struct odprnic_dev *dev, u32 seq, int *err)
 int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
 {
 	unsigned long deadline;
+	ktime_t t0;
 	int err = 0;
 	u32 seq;
 
@@ -190,13 +192,20 @@ int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
 	odprnic_write32(dev, ODPRNIC_REG_INV_SEQ, seq);
 	spin_unlock(&dev->inv_lock);
 	atomic64_inc(&dev->stats.invalidations);
+	trace_odprnic_inv_start(key, iova, len, seq);
+	t0 = ktime_get();
 
 	deadline = jiffies + msecs_to_jiffies(odprnic_inv_timeout_ms);
 	for (;;) {
 		long left = (long)(deadline - jiffies);
 
-		if (odprnic_inv_acked(dev, seq, &err))
+		if (odprnic_inv_acked(dev, seq, &err)) {
+			trace_odprnic_inv_ack(key, seq,
+					      ktime_to_ns(ktime_sub(ktime_get(),
+								    t0)),
+					      err);
 			return err;
+		}
 		if (left <= 0)
 			break;
 		wait_event_timeout(dev->inv_wait,
@@ -205,6 +214,7 @@ int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
 					 msecs_to_jiffies(ODPRNIC_INV_POLL_MS)));
 	}
 	atomic64_inc(&dev->stats.inv_timeouts);
+	trace_odprnic_timeout("invalidation", seq, odprnic_inv_timeout_ms);
 	dev_err(&dev->pdev->dev,
 		"invalidation %u (key %#x iova %#llx len %#llx) not acknowledged within %u ms\n",
 		seq, key, iova, len, odprnic_inv_timeout_ms);

@@ -13,6 +13,9 @@
 
 #include "odp_rnic.h"
 
+#define CREATE_TRACE_POINTS
+#include "odp_rnic_trace.h"
+
 unsigned int odprnic_cmd_timeout_ms = 5000;
 module_param_named(cmd_timeout_ms, odprnic_cmd_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(cmd_timeout_ms,

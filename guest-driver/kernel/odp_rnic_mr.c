@@ -14,9 +14,12 @@
 #include <linux/slab.h>
 #include <rdma/odp_rnic-abi.h>
 #include <rdma/iter.h>
+#include <rdma/rdma_netlink.h>
+#include <rdma/restrack.h>
 #include <rdma/uverbs_ioctl.h>
 
 #include "odp_rnic.h"
+#include "odp_rnic_trace.h"
 
 u32 odprnic_access_to_hw(int access)
 {
@@ -225,6 +228,7 @@ static bool odprnic_revocable_invalidate(struct mmu_interval_notifier *mni,
 	}
 	atomic64_inc(&mr->invalidations);
 	atomic64_inc(&dev->stats.revocations);
+	trace_odprnic_revoke(mr->key, range->event, range->start, range->end);
 	ibdev_info_ratelimited(&dev->ibdev,
 			       "MR key %#x revoked (event %d, range %#lx-%#lx)\n",
 			       mr->key, range->event, range->start,
@@ -337,6 +341,51 @@ static void odprnic_revocable_dereg(struct odprnic_mr *mr)
 int odprnic_mr_revoked_event(struct odprnic_dev *dev, u32 key)
 {
 	ibdev_dbg(&dev->ibdev, "device revoked MR key %#x\n", key);
+	return 0;
+}
+
+/* ---- restrack: rdma res show mr / rdma stat show mr ---------------- */
+
+int odprnic_fill_res_mr_entry(struct sk_buff *msg, struct ib_mr *ibmr)
+{
+	struct odprnic_mr *mr = to_omr(ibmr);
+	struct nlattr *table;
+
+	table = nla_nest_start(msg, RDMA_NLDEV_ATTR_DRIVER);
+	if (!table)
+		return -EMSGSIZE;
+	if (rdma_nl_put_driver_u32(msg, "mode", mr->mode) ||
+	    rdma_nl_put_driver_u32(msg, "revoked",
+				   test_bit(ODPRNIC_MRF_REVOKED, &mr->flags)) ||
+	    rdma_nl_put_driver_u32(msg, "dead",
+				   test_bit(ODPRNIC_MRF_DEAD, &mr->flags))) {
+		nla_nest_cancel(msg, table);
+		return -EMSGSIZE;
+	}
+	nla_nest_end(msg, table);
+	return 0;
+}
+
+int odprnic_fill_stat_mr_entry(struct sk_buff *msg, struct ib_mr *ibmr)
+{
+	struct odprnic_mr *mr = to_omr(ibmr);
+	struct nlattr *table;
+
+	table = nla_nest_start(msg, RDMA_NLDEV_ATTR_STAT_HWCOUNTERS);
+	if (!table)
+		return -EMSGSIZE;
+	if (rdma_nl_stat_hwcounter_entry(msg, "page_faults",
+					 atomic64_read(&mr->faults)) ||
+	    rdma_nl_stat_hwcounter_entry(msg, "page_fault_errors",
+					 atomic64_read(&mr->fault_errors)) ||
+	    rdma_nl_stat_hwcounter_entry(msg, "page_invalidations",
+					 atomic64_read(&mr->invalidations)) ||
+	    rdma_nl_stat_hwcounter_entry(msg, "page_prefetch",
+					 atomic64_read(&mr->prefetches))) {
+		nla_nest_cancel(msg, table);
+		return -EMSGSIZE;
+	}
+	nla_nest_end(msg, table);
 	return 0;
 }
 

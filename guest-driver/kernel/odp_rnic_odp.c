@@ -12,6 +12,7 @@
 #include <linux/sched/mm.h>
 
 #include "odp_rnic.h"
+#include "odp_rnic_trace.h"
 
 static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
 				   const struct mmu_notifier_range *range,
@@ -190,6 +191,7 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	int err = -ENOENT;
 
 	atomic64_inc(&dev->stats.page_faults);
+	trace_odprnic_page_fault(token, key, iova, len, write);
 	s = odprnic_cmd_get(dev);
 	if (IS_ERR(s)) {
 		dev_err_ratelimited(&dev->pdev->dev,
@@ -210,9 +212,7 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 		odprnic_mr_put(mr);
 	if (status)
 		atomic64_inc(&dev->stats.fault_errors);
-	ibdev_dbg(&dev->ibdev,
-		  "page fault token %u key %#x iova %#llx len %#llx %s: %d\n",
-		  token, key, iova, len, write ? "write" : "read", err);
+	trace_odprnic_resume(token, key, status, err);
 	err = odprnic_cmd_resume(dev, s, token, status);
 	if (err)
 		dev_warn_ratelimited(&dev->pdev->dev,
