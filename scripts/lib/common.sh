@@ -115,6 +115,17 @@ in_root() {
 		HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
 }
 
+# in_root_ns CMD...: like in_root, in a private mount namespace with /proc
+# and /dev mounted in the root (objtool, for one, needs /proc); the mounts
+# vanish with the namespace, whatever happens.
+in_root_ns() {
+	# shellcheck disable=SC2016
+	unshare -m --propagation private sh -c 'mount -t proc proc "$0/proc" &&
+		mount --rbind /dev "$0/dev" && exec chroot "$0" /usr/bin/env -i \
+		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		HOME=/root LANG=C.UTF-8 "$@"' "$ROOT" "$@"
+}
+
 # detect_accel: prints kvm when the host's KVM can run an unmodified guest
 # (kvm_intel or kvm_amd), tcg otherwise. kvm_pvm provides /dev/kvm too but
 # cannot boot stock kernels, so it counts as no KVM.
