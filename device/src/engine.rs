@@ -1,0 +1,1060 @@
+// SPDX-License-Identifier: Apache-2.0 OR MIT
+//! The device's engine: its own thread, which owns the command and event
+//! queues, the PD/MR tables, parked accesses and page-fault tokens, the
+//! invalidation pipeline and remote operations arriving from ports. The
+//! vfio-user message loop only sends it messages ("Queues", "Page faults",
+//! "Invalidation doorbell" and "Reset" in `docs/hardware.md`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::counters::Counters;
+use crate::device::{QueueRegs, Shared};
+use crate::dma::{DmaError, MrAccess};
+use crate::fault_plan::FaultKind;
+use crate::hw;
+use crate::mr::{AccessError, CreateMr, MrError, Tables, Translation};
+use crate::port::{Port, RemoteOp, RemoteOpKind, RemoteResult, RemoteStatus, MAX_INJECT_LEN};
+
+/// Tokens of timed-out accesses remembered so their late RESUME succeeds.
+const MAX_EXPIRED_TOKENS: usize = 65536;
+/// `VRING_AVAIL_F_NO_INTERRUPT`.
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Messages to the engine.
+pub enum EngineMsg {
+    /// Queues validated at ENABLE.
+    Enable {
+        /// Epoch of the enable.
+        epoch: u64,
+        /// Command queue.
+        cmdq: Box<Queue>,
+        /// Event queue.
+        eq: Box<Queue>,
+    },
+    /// ENABLE cleared.
+    Disable {
+        /// Epoch of the disable.
+        epoch: u64,
+    },
+    /// `CMDQ_NOTIFY` written.
+    CmdNotify,
+    /// `EQ_NOTIFY` written.
+    EqNotify,
+    /// `INV_SEQ` written.
+    Invalidate {
+        /// Epoch of the submission.
+        epoch: u64,
+        /// `INV_KEY`.
+        key: u32,
+        /// `INV_START`.
+        start: u64,
+        /// `INV_LENGTH`.
+        length: u64,
+        /// `INV_SEQ`.
+        seq: u32,
+    },
+    /// The device was reset; `epoch` is the new epoch.
+    Reset {
+        /// New epoch.
+        epoch: u64,
+    },
+    /// Bus Master Enable changed.
+    BusMaster(bool),
+    /// A remote operation from a port.
+    Remote {
+        /// The operation.
+        op: RemoteOp,
+        /// Where to deliver the result.
+        port: Arc<dyn Port>,
+        /// The port's id for it.
+        id: u64,
+        /// When the requester stops waiting.
+        deadline: Instant,
+    },
+    /// Control socket `mr` query.
+    QueryMr {
+        /// Key.
+        key: u32,
+        /// Reply channel.
+        reply: SyncSender<Option<MrInfo>>,
+    },
+    /// The fault plan changed (wakes the engine).
+    Wake,
+    /// Stop the thread.
+    Shutdown,
+}
+
+/// What `QUERY_MR` and the control op `mr` report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MrInfo {
+    /// `live` or `revoked`.
+    pub state: &'static str,
+    /// `pinned`, `odp`, `implicit` or `revocable`.
+    pub mode: &'static str,
+    /// Page faults raised.
+    pub faults: u64,
+    /// Invalidations that hit it.
+    pub invalidations: u64,
+    /// Pages mapped as prefetch.
+    pub prefetched_pages: u64,
+    /// Present translation entries.
+    pub mapped_pages: u64,
+}
+
+/// Builds a split queue from the registers; None if the layout is invalid
+/// (size, alignment, or rings outside DMA-mapped memory).
+pub fn build_queue(regs: &QueueRegs, mem: &GuestMemoryMmap) -> Option<Queue> {
+    let size = u16::try_from(regs.size).ok()?;
+    if size == 0 || !size.is_power_of_two() || u32::from(size) > hw::QUEUE_MAX_SIZE {
+        return None;
+    }
+    if !regs.desc.is_multiple_of(16)
+        || !regs.avail.is_multiple_of(2)
+        || !regs.used.is_multiple_of(4)
+    {
+        return None;
+    }
+    let mut q = Queue::new(hw::QUEUE_MAX_SIZE as u16).ok()?;
+    q.try_set_size(size).ok()?;
+    q.try_set_desc_table_address(GuestAddress(regs.desc)).ok()?;
+    q.try_set_avail_ring_address(GuestAddress(regs.avail))
+        .ok()?;
+    q.try_set_used_ring_address(GuestAddress(regs.used)).ok()?;
+    q.set_ready(true);
+    q.is_valid(mem).then_some(q)
+}
+
+struct Pending {
+    op: RemoteOp,
+    port: Arc<dyn Port>,
+    id: u64,
+    deadline: Instant,
+    faults: u32,
+}
+
+impl Pending {
+    fn finish(self, counters: &Counters, status: RemoteStatus, data: Vec<u8>) {
+        if status != RemoteStatus::Success {
+            Counters::inc(&counters.injected_op_errors);
+        }
+        self.port.complete(
+            self.id,
+            RemoteResult {
+                status,
+                faults: self.faults,
+                data,
+            },
+        );
+    }
+}
+
+struct Parked {
+    key: u32,
+    access: Option<Pending>,
+}
+
+/// A popped chain: head index and its descriptors.
+type Chain = (u16, Vec<Descriptor>);
+
+/// The engine state, owned by its thread.
+pub struct Engine {
+    sh: Arc<Shared>,
+    rx: Receiver<EngineMsg>,
+    epoch: u64,
+    cmdq: Option<Box<Queue>>,
+    eq: Option<Box<Queue>>,
+    fatal: bool,
+    fenced: bool,
+    backlog: VecDeque<[u8; 64]>,
+    event_seq: u32,
+    tables: Tables,
+    parked: BTreeMap<u32, Parked>,
+    expired: VecDeque<u32>,
+    next_token: u32,
+    acks: VecDeque<(Instant, u32)>,
+    deferred: VecDeque<Pending>,
+}
+
+fn le16(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn le64(b: &[u8], o: usize) -> u64 {
+    u64::from(le32(b, o)) | (u64::from(le32(b, o + 4)) << 32)
+}
+
+/// A decoded command: opcode, flags, cookie, and its 56 argument bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// `ODPRNIC_CMD_*`.
+    pub opcode: u16,
+    /// Per-opcode flags.
+    pub flags: u16,
+    /// Echoed in the response.
+    pub cookie: u32,
+    /// Arguments.
+    pub args: [u8; 56],
+}
+
+impl Command {
+    /// Decodes a 64-byte request.
+    pub fn parse(raw: &[u8; 64]) -> Command {
+        let mut args = [0; 56];
+        args.copy_from_slice(&raw[8..]);
+        Command {
+            opcode: le16(raw, 0),
+            flags: le16(raw, 2),
+            cookie: le32(raw, 4),
+            args,
+        }
+    }
+
+    /// `u32` argument at `o`.
+    pub fn u32(&self, o: usize) -> u32 {
+        le32(&self.args, o)
+    }
+
+    /// `u64` argument at `o`.
+    pub fn u64(&self, o: usize) -> u64 {
+        le64(&self.args, o)
+    }
+}
+
+/// Response bytes being built.
+struct Out([u8; 56]);
+
+impl Out {
+    fn u32(&mut self, o: usize, v: u32) {
+        self.0[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, o: usize, v: u64) {
+        self.0[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Splits a chain into (request, data buffers, response); None if it
+/// breaks the command-chain rules.
+pub fn split_chain(descs: &[Descriptor]) -> Option<(Descriptor, &[Descriptor], Descriptor)> {
+    let (first, rest) = descs.split_first()?;
+    let (last, data) = rest.split_last()?;
+    let ok = !first.is_write_only()
+        && first.len() >= hw::CMD_SIZE
+        && last.is_write_only()
+        && last.len() >= hw::RESP_SIZE
+        && data.iter().all(|d| !d.is_write_only());
+    ok.then_some((*first, data, *last))
+}
+
+impl Engine {
+    /// A stopped engine; `run` starts it.
+    pub fn new(sh: Arc<Shared>, rx: Receiver<EngineMsg>) -> Self {
+        let epoch = sh.dma.epoch();
+        Engine {
+            sh,
+            rx,
+            epoch,
+            cmdq: None,
+            eq: None,
+            fatal: false,
+            fenced: true,
+            backlog: VecDeque::new(),
+            event_seq: 0,
+            tables: Tables::default(),
+            parked: BTreeMap::new(),
+            expired: VecDeque::new(),
+            next_token: 1,
+            acks: VecDeque::new(),
+            deferred: VecDeque::new(),
+        }
+    }
+
+    /// The engine loop; returns at `Shutdown` or when every sender is gone.
+    pub fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let timeout = self
+                .next_wakeup()
+                .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+            match self.rx.recv_timeout(timeout) {
+                Ok(EngineMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.tick();
+        }
+        self.fail_everything(RemoteStatus::Fenced);
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let acks = self.acks.front().map(|a| a.0);
+        let parked = self
+            .parked
+            .values()
+            .filter_map(|p| p.access.as_ref().map(|a| a.deadline))
+            .min();
+        let deferred = self.deferred.iter().map(|p| p.deadline).min();
+        [acks, parked, deferred].into_iter().flatten().min()
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        while self.acks.front().is_some_and(|a| a.0 <= now) {
+            if let Some((_, seq)) = self.acks.pop_front() {
+                self.ack(seq);
+            }
+        }
+        let expired: Vec<u32> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.access.as_ref().is_some_and(|a| a.deadline <= now))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            if let Some(a) = self.parked.get_mut(&t).and_then(|p| p.access.take()) {
+                log::debug!("page fault token {t}: requester timed out");
+                a.finish(&self.sh.counters, RemoteStatus::Timeout, Vec::new());
+            }
+            self.expired.push_back(t);
+        }
+        while self.expired.len() > MAX_EXPIRED_TOKENS {
+            if let Some(t) = self.expired.pop_front() {
+                self.parked.remove(&t);
+            }
+        }
+        let (due, keep): (VecDeque<_>, VecDeque<_>) =
+            self.deferred.drain(..).partition(|p| p.deadline <= now);
+        self.deferred = keep;
+        for p in due {
+            p.finish(&self.sh.counters, RemoteStatus::Fenced, Vec::new());
+        }
+    }
+
+    fn handle(&mut self, msg: EngineMsg) {
+        match msg {
+            EngineMsg::Enable { epoch, cmdq, eq } if epoch == self.epoch => {
+                self.cmdq = Some(cmdq);
+                self.eq = Some(eq);
+                self.flush_events();
+                self.process_cmdq();
+            }
+            EngineMsg::Disable { epoch } if epoch == self.epoch => {
+                self.cmdq = None;
+                self.eq = None;
+            }
+            EngineMsg::CmdNotify => self.process_cmdq(),
+            EngineMsg::EqNotify => self.flush_events(),
+            EngineMsg::Invalidate {
+                epoch,
+                key,
+                start,
+                length,
+                seq,
+            } if epoch == self.epoch => self.invalidate(key, start, length, seq),
+            EngineMsg::Reset { epoch } => self.local_reset(epoch),
+            EngineMsg::BusMaster(on) => {
+                self.fenced = !on;
+                if on {
+                    let deferred: Vec<Pending> = self.deferred.drain(..).collect();
+                    for p in deferred {
+                        self.attempt(p);
+                    }
+                    self.flush_events();
+                    self.process_cmdq();
+                }
+            }
+            EngineMsg::Remote {
+                op,
+                port,
+                id,
+                deadline,
+            } => {
+                Counters::inc(&self.sh.counters.injected_ops);
+                self.attempt(Pending {
+                    op,
+                    port,
+                    id,
+                    deadline,
+                    faults: 0,
+                });
+            }
+            EngineMsg::QueryMr { key, reply } => {
+                let _ = reply.try_send(self.mr_info(key));
+            }
+            // stale epochs, wake-ups
+            _ => {}
+        }
+    }
+
+    fn mr_info(&self, key: u32) -> Option<MrInfo> {
+        let mr = self.tables.get(key)?;
+        Some(MrInfo {
+            state: if mr.revoked { "revoked" } else { "live" },
+            mode: mr.mode.name(),
+            faults: mr.faults,
+            invalidations: mr.invalidations,
+            prefetched_pages: mr.prefetched_pages,
+            mapped_pages: mr.mapped_pages(),
+        })
+    }
+
+    fn fail_everything(&mut self, status: RemoteStatus) {
+        for (_, p) in std::mem::take(&mut self.parked) {
+            if let Some(a) = p.access {
+                a.finish(&self.sh.counters, status, Vec::new());
+            }
+        }
+        self.expired.clear();
+        for p in self.deferred.drain(..) {
+            p.finish(&self.sh.counters, status, Vec::new());
+        }
+    }
+
+    fn local_reset(&mut self, epoch: u64) {
+        self.fail_everything(RemoteStatus::RemoteAccessError);
+        self.tables.clear();
+        self.sh
+            .oracle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+        self.cmdq = None;
+        self.eq = None;
+        self.backlog.clear();
+        self.event_seq = 0;
+        self.acks.clear();
+        self.fatal = false;
+        self.epoch = epoch;
+    }
+
+    fn spontaneous_reset(&mut self) {
+        log::warn!("fault plan: spontaneous device reset");
+        let epoch = self.sh.hard_reset();
+        self.local_reset(epoch);
+    }
+
+    fn go_fatal(&mut self, code: u32) {
+        if self.fatal {
+            return;
+        }
+        if code != hw::FATAL_RING && code != hw::FATAL_EVENT_OVERFLOW {
+            let mut d = [0u8; 56];
+            d[..4].copy_from_slice(&code.to_le_bytes());
+            self.post_event(hw::EVENT_DEVICE_ERROR, &d);
+        }
+        self.fatal = true;
+        self.sh.set_fatal(self.epoch, code);
+    }
+
+    // ---- events -------------------------------------------------------
+
+    fn post_event(&mut self, ty: u16, data: &[u8; 56]) {
+        if self.fatal {
+            return;
+        }
+        if self.backlog.len() >= hw::EVENT_BACKLOG as usize {
+            Counters::inc(&self.sh.counters.events_lost);
+            self.go_fatal(hw::FATAL_EVENT_OVERFLOW);
+            return;
+        }
+        self.event_seq = self.event_seq.wrapping_add(1);
+        let mut ev = [0u8; 64];
+        ev[0..2].copy_from_slice(&ty.to_le_bytes());
+        ev[4..8].copy_from_slice(&self.event_seq.to_le_bytes());
+        ev[8..].copy_from_slice(data);
+        self.backlog.push_back(ev);
+        self.flush_events();
+    }
+
+    fn wants_interrupt(&self, avail: u64) -> bool {
+        let mut f = [0u8; 2];
+        match self.sh.dma.read(self.epoch, avail, &mut f) {
+            Ok(()) => u16::from_le_bytes(f) & VRING_AVAIL_F_NO_INTERRUPT == 0,
+            Err(_) => false,
+        }
+    }
+
+    fn signal(&self, vector: u32) {
+        if self.sh.irqs.signal(vector) {
+            Counters::inc(&self.sh.counters.interrupts);
+        }
+    }
+
+    /// Pops one chain: Ok(None) when the ring is empty; Err(Some(code))
+    /// when the ring is broken, Err(None) when DMA must wait.
+    fn pop(&mut self, which_cmdq: bool) -> Result<Option<Chain>, Option<u32>> {
+        let dma = &self.sh.dma;
+        let q = if which_cmdq {
+            &mut self.cmdq
+        } else {
+            &mut self.eq
+        };
+        let Some(q) = q.as_mut() else {
+            return Err(None);
+        };
+        let r = dma.with_mem(self.epoch, |mem| match q.iter(mem) {
+            Err(e) => Err(e),
+            Ok(mut it) => Ok(it.next().map(|c| (c.head_index(), c.collect::<Vec<_>>()))),
+        });
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                log::error!("ring error: {e}");
+                Err(Some(hw::FATAL_RING))
+            }
+            Err(DmaError::Fenced) | Err(DmaError::Stale) => Err(None),
+            Err(e) => {
+                log::error!("ring not accessible: {e}");
+                Err(Some(hw::FATAL_RING))
+            }
+        }
+    }
+
+    fn push_used(&mut self, which_cmdq: bool, head: u16, len: u32) -> Result<(), Option<u32>> {
+        let dma = &self.sh.dma;
+        let q = if which_cmdq {
+            &mut self.cmdq
+        } else {
+            &mut self.eq
+        };
+        let Some(q) = q.as_mut() else {
+            return Err(None);
+        };
+        match dma.with_mem(self.epoch, |mem| q.add_used(mem, head, len)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                log::error!("used ring error: {e}");
+                Err(Some(hw::FATAL_RING))
+            }
+            Err(DmaError::Fenced) | Err(DmaError::Stale) => Err(None),
+            Err(_) => Err(Some(hw::FATAL_RING)),
+        }
+    }
+
+    fn flush_events(&mut self) {
+        if self.eq.is_none() || self.fenced || self.fatal {
+            return;
+        }
+        let mut posted = 0;
+        while let Some(ev) = self.backlog.front().copied() {
+            let (head, descs) = match self.pop(false) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(code) => {
+                    if let Some(c) = code {
+                        self.go_fatal(c);
+                    }
+                    return;
+                }
+            };
+            let Some(d) = descs
+                .first()
+                .filter(|d| d.is_write_only() && d.len() >= hw::EVENT_SIZE)
+            else {
+                log::error!("event buffer {head} is not a writable 64-byte buffer");
+                self.go_fatal(hw::FATAL_RING);
+                return;
+            };
+            if let Err(e) = self.sh.dma.write(self.epoch, d.addr().0, &ev) {
+                log::error!("writing event: {e}");
+                if matches!(e, DmaError::Unmapped(..)) {
+                    self.go_fatal(hw::FATAL_RING);
+                }
+                return;
+            }
+            if let Err(code) = self.push_used(false, head, hw::EVENT_SIZE) {
+                if let Some(c) = code {
+                    self.go_fatal(c);
+                }
+                return;
+            }
+            self.backlog.pop_front();
+            Counters::inc(&self.sh.counters.events);
+            posted += 1;
+        }
+        if posted > 0 {
+            let avail = self.eq.as_ref().map(|q| q.avail_ring());
+            if avail.is_some_and(|a| self.wants_interrupt(a)) {
+                self.signal(hw::VEC_EVENT);
+            }
+        }
+    }
+
+    // ---- commands -----------------------------------------------------
+
+    fn process_cmdq(&mut self) {
+        if self.fatal || self.fenced || self.cmdq.is_none() {
+            return;
+        }
+        let mut done = 0;
+        loop {
+            if self.sh.fire(FaultKind::DeviceError).is_some() {
+                log::warn!("fault plan: device error");
+                self.go_fatal(hw::FATAL_INJECTED);
+                return;
+            }
+            if self.sh.fire(FaultKind::Reset).is_some() {
+                self.spontaneous_reset();
+                return;
+            }
+            let (head, descs) = match self.pop(true) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(code) => {
+                    if let Some(c) = code {
+                        self.go_fatal(c);
+                    }
+                    return;
+                }
+            };
+            Counters::inc(&self.sh.counters.commands);
+            let epoch = self.epoch;
+            let len = match split_chain(&descs) {
+                Some((req, data, resp)) => {
+                    let mut raw = [0u8; 64];
+                    let (cmd, status, out) = match self.sh.dma.read(epoch, req.addr().0, &mut raw) {
+                        Ok(()) => {
+                            let cmd = Command::parse(&raw);
+                            let (status, out) = self.execute(&cmd, data);
+                            (Some(cmd), status, out)
+                        }
+                        Err(_) => (None, hw::STATUS_DMA_ERROR, [0; 56]),
+                    };
+                    if self.epoch != epoch || self.fatal {
+                        // the command reset or stopped the device
+                        return;
+                    }
+                    self.respond(resp, cmd.as_ref(), status, &out)
+                }
+                None => match descs.last().filter(|d| d.is_write_only() && d.len() >= 64) {
+                    Some(resp) => self.respond(*resp, None, hw::STATUS_BAD_CHAIN, &[0; 56]),
+                    None => 0,
+                },
+            };
+            if let Err(code) = self.push_used(true, head, len) {
+                if let Some(c) = code {
+                    self.go_fatal(c);
+                }
+                return;
+            }
+            done += 1;
+        }
+        if done > 0 {
+            let avail = self.cmdq.as_ref().map(|q| q.avail_ring());
+            if avail.is_some_and(|a| self.wants_interrupt(a)) {
+                self.signal(hw::VEC_CMD);
+            }
+        }
+    }
+
+    /// Writes a response; returns the used length (64, or 0 if unwritable).
+    fn respond(
+        &mut self,
+        resp: Descriptor,
+        cmd: Option<&Command>,
+        status: u16,
+        out: &[u8; 56],
+    ) -> u32 {
+        if status != hw::STATUS_OK {
+            Counters::inc(&self.sh.counters.command_errors);
+        }
+        let mut raw = [0u8; 64];
+        if let Some(c) = cmd {
+            raw[0..2].copy_from_slice(&c.opcode.to_le_bytes());
+            raw[4..8].copy_from_slice(&c.cookie.to_le_bytes());
+        }
+        raw[2..4].copy_from_slice(&status.to_le_bytes());
+        raw[8..].copy_from_slice(out);
+        match self.sh.dma.write(self.epoch, resp.addr().0, &raw) {
+            Ok(()) => hw::RESP_SIZE,
+            Err(e) => {
+                log::warn!("writing response: {e}");
+                0
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: &Command, data: &[Descriptor]) -> (u16, [u8; 56]) {
+        let mut out = Out([0; 56]);
+        let r: Result<(), MrError> = match cmd.opcode {
+            hw::CMD_NOP => Ok(()),
+            hw::CMD_CREATE_PD => self.tables.create_pd().map(|pdn| out.u32(0, pdn)),
+            hw::CMD_DESTROY_PD => self.tables.destroy_pd(cmd.u32(0)),
+            hw::CMD_CREATE_MR => {
+                let args = CreateMr {
+                    pdn: cmd.u32(0),
+                    access: cmd.u32(4),
+                    mode: cmd.args[8],
+                    page_shift: cmd.args[9],
+                    iova: cmd.u64(16),
+                    length: cmd.u64(24),
+                };
+                self.tables.create_mr(args, self.sh.config.odp).map(|key| {
+                    log::debug!("CREATE_MR {args:x?} -> key {key:#x}");
+                    out.u32(0, key)
+                })
+            }
+            hw::CMD_DESTROY_MR => self.destroy_mr(cmd.u32(0)),
+            hw::CMD_MAP_PAGES => return self.map_pages(cmd, data),
+            hw::CMD_RESUME => return self.resume(cmd.u32(0), cmd.u32(4)),
+            hw::CMD_QUERY_MR => match self.tables.get(cmd.u32(0)) {
+                Some(mr) => {
+                    out.u32(0, u32::from(mr.revoked) * hw::MR_STATE_REVOKED);
+                    out.u32(4, u32::from(mr.mode.raw()));
+                    out.u64(8, mr.faults);
+                    out.u64(16, mr.invalidations);
+                    out.u64(24, mr.prefetched_pages);
+                    out.u64(32, mr.mapped_pages());
+                    Ok(())
+                }
+                None => Err(MrError::BadHandle),
+            },
+            op => {
+                log::debug!("unknown opcode {op:#x}");
+                return (hw::STATUS_BAD_OPCODE, out.0);
+            }
+        };
+        match r {
+            Ok(()) => (hw::STATUS_OK, out.0),
+            Err(e) => {
+                log::debug!("command {:#x}: {e}", cmd.opcode);
+                (e.status(), out.0)
+            }
+        }
+    }
+
+    fn destroy_mr(&mut self, key: u32) -> Result<(), MrError> {
+        self.tables.destroy_mr(key)?;
+        self.fail_parked(key);
+        self.sh
+            .oracle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(key);
+        Ok(())
+    }
+
+    fn fail_parked(&mut self, key: u32) {
+        let tokens: Vec<u32> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.key == key)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            if let Some(a) = self.parked.remove(&t).and_then(|p| p.access) {
+                a.finish(
+                    &self.sh.counters,
+                    RemoteStatus::RemoteAccessError,
+                    Vec::new(),
+                );
+            }
+        }
+    }
+
+    fn map_pages(&mut self, cmd: &Command, data: &[Descriptor]) -> (u16, [u8; 56]) {
+        let out = [0u8; 56];
+        let (key, flags, iova, count) = (cmd.u32(0), cmd.u32(4), cmd.u64(8), cmd.u32(16));
+        if flags & !hw::MAP_PREFETCH != 0 || count == 0 || count > hw::MAP_MAX {
+            return (hw::STATUS_BAD_PARAM, out);
+        }
+        let bytes = count as usize * 8;
+        let Some(buf) = data.first().filter(|d| d.len() as usize >= bytes) else {
+            return (hw::STATUS_BAD_PARAM, out);
+        };
+        if self.sh.fire(FaultKind::FailDma).is_some() {
+            Counters::inc(&self.sh.counters.dma_errors);
+            return (hw::STATUS_DMA_ERROR, out);
+        }
+        let mut raw = vec![0u8; bytes];
+        if self
+            .sh
+            .dma
+            .read(self.epoch, buf.addr().0, &mut raw)
+            .is_err()
+        {
+            Counters::inc(&self.sh.counters.dma_errors);
+            return (hw::STATUS_DMA_ERROR, out);
+        }
+        let entries: Vec<u64> = raw.chunks_exact(8).map(|c| le64(c, 0)).collect();
+        let Some(mr) = self.tables.get_mut(key) else {
+            return (hw::STATUS_BAD_HANDLE, out);
+        };
+        let first = match mr.check_map(iova, &entries) {
+            Ok(f) => f,
+            Err(e) => return (e.status(), out),
+        };
+        let (mapped, unmapped) = mr.apply_map(first, &entries);
+        if flags & hw::MAP_PREFETCH != 0 {
+            mr.prefetched_pages = mr.prefetched_pages.saturating_add(mapped.len() as u64);
+        }
+        let mut oracle = self.sh.oracle.lock().unwrap_or_else(|e| e.into_inner());
+        for (page, gpa) in &mapped {
+            oracle.map(key, *page, *gpa);
+        }
+        for page in unmapped {
+            oracle.invalidate(key, page, page, 0);
+        }
+        (hw::STATUS_OK, out)
+    }
+
+    fn resume(&mut self, token: u32, status: u32) -> (u16, [u8; 56]) {
+        let out = [0u8; 56];
+        let Some(parked) = self.parked.remove(&token) else {
+            return (hw::STATUS_BAD_HANDLE, out);
+        };
+        Counters::inc(&self.sh.counters.resumes);
+        self.sh.trace.record(
+            "resume",
+            serde_json::json!({ "token": token, "status": status }),
+        );
+        let Some(access) = parked.access else {
+            // the requester gave up already; the answer is still accepted
+            self.expired.retain(|t| *t != token);
+            return (hw::STATUS_OK, out);
+        };
+        if self.sh.fire(FaultKind::FailResume).is_some() {
+            access.finish(
+                &self.sh.counters,
+                RemoteStatus::RemoteAccessError,
+                Vec::new(),
+            );
+            return (hw::STATUS_INJECTED, out);
+        }
+        if status != 0 {
+            Counters::inc(&self.sh.counters.resume_errors);
+            access.finish(
+                &self.sh.counters,
+                RemoteStatus::RemoteAccessError,
+                Vec::new(),
+            );
+        } else {
+            self.attempt(access);
+        }
+        (hw::STATUS_OK, out)
+    }
+
+    // ---- invalidation -------------------------------------------------
+
+    fn invalidate(&mut self, key: u32, start: u64, length: u64, seq: u32) {
+        Counters::inc(&self.sh.counters.invalidations);
+        self.sh.trace.record(
+            "invalidate",
+            serde_json::json!({ "key": key, "start": start, "length": length, "seq": seq }),
+        );
+        let range = self
+            .tables
+            .get(key)
+            .and_then(|mr| mr.clamp_range(start, length));
+        match range {
+            None => {
+                Counters::inc(&self.sh.counters.bad_invalidations);
+                log::debug!(
+                    "invalidation {seq}: key {key:#x} range {start:#x}+{length:#x} hits nothing"
+                );
+            }
+            Some((first, last)) => {
+                let rogue_write = self.sh.fire(FaultKind::RogueWrite).is_some();
+                let rogue = rogue_write || self.sh.fire(FaultKind::RogueRecord).is_some();
+                let mut revoked = false;
+                if let Some(mr) = self.tables.get_mut(key) {
+                    mr.invalidations = mr.invalidations.saturating_add(1);
+                    let revocable = mr.mode == crate::mr::MrMode::Revocable;
+                    let mut oracle = self.sh.oracle.lock().unwrap_or_else(|e| e.into_inner());
+                    if rogue {
+                        // keep the translations, but the driver did not allow them
+                        mr.rogue_write |= rogue_write;
+                        Counters::inc(&self.sh.counters.invalidations_ignored);
+                        if revocable {
+                            oracle.revoke(key, seq);
+                        } else {
+                            oracle.invalidate(key, first, last, seq);
+                        }
+                    } else if revocable {
+                        if !mr.revoked {
+                            mr.revoked = true;
+                            revoked = true;
+                        }
+                        oracle.revoke(key, seq);
+                    } else {
+                        mr.drop_pages(first, last);
+                        oracle.invalidate(key, first, last, seq);
+                    }
+                }
+                if revoked {
+                    Counters::inc(&self.sh.counters.revocations);
+                    self.fail_parked(key);
+                    let mut d = [0u8; 56];
+                    d[..4].copy_from_slice(&key.to_le_bytes());
+                    self.post_event(hw::EVENT_MR_REVOKED, &d);
+                }
+            }
+        }
+        if self.sh.fire(FaultKind::NeverAck).is_some() {
+            Counters::inc(&self.sh.counters.inv_acks_withheld);
+            log::warn!("fault plan: invalidation {seq} is never acknowledged");
+            return;
+        }
+        let now = Instant::now();
+        let due = match self.sh.fire(FaultKind::DelayInvAck) {
+            Some(ms) => {
+                Counters::inc(&self.sh.counters.inv_acks_delayed);
+                now + Duration::from_millis(ms)
+            }
+            None => now,
+        };
+        // acknowledgements stay in submission order
+        let due = self.acks.back().map_or(due, |b| b.0.max(due));
+        if due <= now && self.acks.is_empty() {
+            self.ack(seq);
+        } else {
+            self.acks.push_back((due, seq));
+        }
+    }
+
+    fn ack(&mut self, seq: u32) {
+        if !self.sh.set_inv_ack(self.epoch, seq) {
+            return;
+        }
+        Counters::inc(&self.sh.counters.inv_acks);
+        self.sh
+            .trace
+            .record("inv_ack", serde_json::json!({ "seq": seq }));
+        let mut d = [0u8; 56];
+        d[..4].copy_from_slice(&seq.to_le_bytes());
+        self.post_event(hw::EVENT_INV_ACK, &d);
+    }
+
+    // ---- remote operations --------------------------------------------
+
+    fn alloc_token(&mut self) -> u32 {
+        loop {
+            let t = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1).max(1);
+            if !self.parked.contains_key(&t) {
+                return t;
+            }
+        }
+    }
+
+    fn attempt(&mut self, mut p: Pending) {
+        let counters = self.sh.counters.clone();
+        if self.fatal {
+            return p.finish(&counters, RemoteStatus::Fenced, Vec::new());
+        }
+        if self.fenced {
+            self.deferred.push_back(p);
+            return;
+        }
+        let (len, access, write) = match &p.op.kind {
+            RemoteOpKind::Write(d) => (d.len() as u64, hw::ACCESS_REMOTE_WRITE, true),
+            RemoteOpKind::Read(n) => (*n, hw::ACCESS_REMOTE_READ, false),
+        };
+        if len > MAX_INJECT_LEN {
+            return p.finish(&counters, RemoteStatus::RemoteInvalidRequest, Vec::new());
+        }
+        if len == 0 {
+            return p.finish(&counters, RemoteStatus::Success, Vec::new());
+        }
+        let (key, va) = (p.op.rkey, p.op.va);
+        let Some(mr) = self.tables.get_mut(key) else {
+            return p.finish(&counters, RemoteStatus::RemoteAccessError, Vec::new());
+        };
+        let segs = match mr.translate(va, len, access, write) {
+            Err(e) => {
+                log::debug!("remote op key {key:#x} va {va:#x}+{len:#x}: {e}");
+                let _: &AccessError = &e;
+                return p.finish(&counters, RemoteStatus::RemoteAccessError, Vec::new());
+            }
+            Ok(Translation::Fault { iova, length }) => {
+                mr.faults = mr.faults.saturating_add(1);
+                p.faults = p.faults.saturating_add(1);
+                Counters::inc(&counters.page_faults);
+                let token = self.alloc_token();
+                let qpn = p.op.src_qpn;
+                self.parked.insert(
+                    token,
+                    Parked {
+                        key,
+                        access: Some(p),
+                    },
+                );
+                self.sh.trace.record(
+                    "page_fault",
+                    serde_json::json!({ "token": token, "key": key, "iova": iova, "length": length, "write": write }),
+                );
+                if self.sh.fire(FaultKind::DropFault).is_some() {
+                    Counters::inc(&counters.page_faults_dropped);
+                    return;
+                }
+                let mut d = [0u8; 56];
+                d[0..4].copy_from_slice(&token.to_le_bytes());
+                d[4..8].copy_from_slice(&key.to_le_bytes());
+                d[8..12].copy_from_slice(&qpn.to_le_bytes());
+                let flags = if write { hw::FAULT_WRITE } else { 0 };
+                d[12..16].copy_from_slice(&flags.to_le_bytes());
+                d[16..24].copy_from_slice(&iova.to_le_bytes());
+                d[24..32].copy_from_slice(&length.to_le_bytes());
+                self.post_event(hw::EVENT_PAGE_FAULT, &d);
+                if self.sh.fire(FaultKind::DupFault).is_some() {
+                    Counters::inc(&counters.page_faults_duplicated);
+                    self.post_event(hw::EVENT_PAGE_FAULT, &d);
+                }
+                return;
+            }
+            Ok(Translation::Ready(segs)) => segs,
+        };
+        let perform_stale = mr.rogue_write;
+        if self.sh.fire(FaultKind::FailDma).is_some() {
+            Counters::inc(&counters.dma_errors);
+            return p.finish(&counters, RemoteStatus::RemoteAccessError, Vec::new());
+        }
+        let mut read_data = Vec::new();
+        let mut off = 0usize;
+        for s in &segs {
+            let acc = MrAccess {
+                key,
+                qpn: p.op.src_qpn,
+                iova: s.iova,
+                mr_offset: s.mr_offset,
+                page: s.page,
+                gpa: s.gpa,
+                perform_stale,
+            };
+            let n = s.len as usize;
+            let r = match &p.op.kind {
+                RemoteOpKind::Write(d) => self.sh.dma.mr_write(self.epoch, &acc, &d[off..off + n]),
+                RemoteOpKind::Read(_) => {
+                    let start = read_data.len();
+                    read_data.resize(start + n, 0);
+                    self.sh
+                        .dma
+                        .mr_read(self.epoch, &acc, &mut read_data[start..])
+                }
+            };
+            off += n;
+            match r {
+                Ok(()) | Err(DmaError::Suppressed) => {}
+                Err(DmaError::Fenced) => {
+                    // BME was cleared under us: retry the whole operation later
+                    self.deferred.push_back(p);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("remote op DMA failed: {e}");
+                    Counters::inc(&counters.dma_errors);
+                    return p.finish(&counters, RemoteStatus::RemoteAccessError, Vec::new());
+                }
+            }
+        }
+        p.finish(&counters, RemoteStatus::Success, read_data);
+    }
+}
