@@ -260,7 +260,8 @@ impl Control {
                 .map_err(|e| ControlError::Failed(e.to_string()))?;
             Ok(rule)
         };
-        for name in ["set", "add"] {
+        // "plan" is the guest client's spelling of "set"
+        for name in ["set", "plan", "add"] {
             match req.get(name) {
                 None => {}
                 Some(Value::Array(a)) => {
@@ -274,7 +275,7 @@ impl Control {
         let seed = opt_u64(req, "seed")?;
         let clear = req.get("clear").and_then(Value::as_bool).unwrap_or(false);
         let mut plan = sh.faults.lock().unwrap_or_else(|e| e.into_inner());
-        if clear || req.contains_key("set") {
+        if clear || req.contains_key("set") || req.contains_key("plan") {
             plan.clear();
         }
         if let Some(s) = seed {

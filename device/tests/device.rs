@@ -1164,3 +1164,181 @@ fn unmap_all_uses_the_linux_bit() {
     assert_eq!(w(&td, 4)["status"], "success");
     assert_eq!(ram.read(DATA, 8), vec![4; 8]);
 }
+
+fn set_plan(td: &TestDevice, rule: &str) {
+    let r = td.ctl(json!({"op": "fault_plan", "set": rule}));
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[test]
+fn fault_plan_delay_inv_ack() {
+    let td = TestDevice::start(true, plan(&["delay_inv_ack=300,count=1"]));
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
+    let t = Instant::now();
+    d.invalidate(key, MR_IOVA, 4096, 1);
+    // a second invalidation is not delayed itself but waits behind the first
+    d.invalidate(key, MR_IOVA, 4096, 2);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(d.rd(hw::REG_INV_ACK), 0, "not yet");
+    assert!(d.wait_inv_ack(2, Duration::from_secs(5)));
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let evs = d.wait_event(hw::EVENT_INV_ACK);
+    let acks: Vec<u32> = evs
+        .iter()
+        .filter(|e| e.ty == hw::EVENT_INV_ACK)
+        .map(|e| e.u32(0))
+        .collect();
+    assert_eq!(acks, vec![1, 2], "in submission order");
+    assert_eq!(td.counter("inv_acks_delayed"), 1);
+    // the vfio-user message loop was never blocked meanwhile
+}
+
+#[test]
+fn fault_plan_never_ack() {
+    let td = TestDevice::start(true, plan(&["never_ack,count=1"]));
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
+    d.invalidate(key, MR_IOVA, 4096, 1);
+    assert!(!d.wait_inv_ack(1, Duration::from_millis(200)));
+    assert_eq!(td.counter("inv_acks_withheld"), 1);
+    // the next one is acknowledged, and by the ordering rule covers 1
+    d.invalidate(key, MR_IOVA, 4096, 2);
+    assert!(d.wait_inv_ack(2, Duration::from_secs(5)));
+}
+
+#[test]
+fn fault_plan_drop_and_dup_faults() {
+    let td = TestDevice::start(true, plan(&["drop_fault,count=1"]));
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
+    let r = inject(&td, json!({"op": "write", "rkey": key, "va": MR_IOVA, "pattern": {"byte": 1, "length": 8}, "timeout_ms": 150})).join().unwrap();
+    assert_eq!(r["status"], "timeout");
+    assert_eq!(r["faults"], 1);
+    assert!(d.events().is_empty(), "no event was posted");
+    assert_eq!(td.counter("page_faults_dropped"), 1);
+    set_plan(&td, "dup_fault,count=1");
+    let h = inject(
+        &td,
+        json!({"op": "write", "rkey": key, "va": MR_IOVA, "pattern": {"byte": 2, "length": 8}}),
+    );
+    let t = Instant::now();
+    let mut faults = Vec::new();
+    while faults.len() < 2 {
+        faults.extend(
+            d.events()
+                .into_iter()
+                .filter(|e| e.ty == hw::EVENT_PAGE_FAULT),
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(faults[0].data, faults[1].data, "same token, same range");
+    assert_eq!(faults[1].seq, faults[0].seq + 1);
+    d.map_pages(key, MR_IOVA, DATA, 1);
+    assert_eq!(d.resume(faults[0].u32(0), 0).status, hw::STATUS_OK);
+    assert_eq!(d.resume(faults[1].u32(0), 0).status, hw::STATUS_BAD_HANDLE);
+    assert_eq!(h.join().unwrap()["status"], "success");
+    assert_eq!(d.ram.read(DATA, 8), vec![2; 8]);
+}
+
+#[test]
+fn fault_plan_fail_resume_and_fail_dma() {
+    let td = TestDevice::start(true, plan(&["fail_resume,count=1"]));
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
+    let h = inject(
+        &td,
+        json!({"op": "write", "rkey": key, "va": MR_IOVA, "pattern": {"byte": 1, "length": 8}}),
+    );
+    let evs = d.wait_event(hw::EVENT_PAGE_FAULT);
+    d.map_pages(key, MR_IOVA, DATA, 1);
+    assert_eq!(d.resume(evs[0].u32(0), 0).status, hw::STATUS_INJECTED);
+    assert_eq!(h.join().unwrap()["status"], "remote_access_error");
+    assert_eq!(d.ram.read(DATA, 8), vec![0; 8]);
+    set_plan(&td, "fail_dma,count=2");
+    let r = inject(
+        &td,
+        json!({"op": "write", "rkey": key, "va": MR_IOVA, "pattern": {"byte": 1, "length": 8}}),
+    )
+    .join()
+    .unwrap();
+    assert_eq!(r["status"], "remote_access_error");
+    assert_eq!(d.ram.read(DATA, 8), vec![0; 8]);
+    let pte = (RAM_GPA + DATA) | 3;
+    assert_eq!(
+        d.map_pages_raw(key, 0, MR_IOVA, &[pte]).status,
+        hw::STATUS_DMA_ERROR
+    );
+    // spent: everything works again
+    let r = inject(
+        &td,
+        json!({"op": "write", "rkey": key, "va": MR_IOVA, "pattern": {"byte": 3, "length": 8}}),
+    )
+    .join()
+    .unwrap();
+    assert_eq!(r["status"], "success");
+    assert_eq!(td.counter("dma_errors"), 2);
+    let plan = td.ctl(json!({"op": "fault_plan"}));
+    assert_eq!(plan["plan"]["rules"][0]["fired"], 2);
+    assert_eq!(plan["plan"]["rules"][0]["count"], 0);
+}
+
+#[test]
+fn fault_plan_device_error_and_reset() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    set_plan(&td, "device_error,count=1");
+    let rq = |d: &mut Driver| {
+        let mut a = [0u8; 64];
+        a[0] = hw::CMD_NOP as u8;
+        d.ram.write(0x8000, &a);
+        d.submit_chain(&[(RAM_GPA + 0x8000, 64, false), (RAM_GPA + 0x8100, 64, true)]);
+    };
+    rq(&mut d);
+    let evs = d.wait_event(hw::EVENT_DEVICE_ERROR);
+    assert_eq!(evs[0].u32(0), hw::FATAL_INJECTED);
+    assert_eq!(
+        d.rd(hw::REG_STATUS) & (hw::STATUS_FATAL | hw::STATUS_READY),
+        hw::STATUS_FATAL
+    );
+    assert_eq!(d.rd(hw::REG_FATAL_CODE), hw::FATAL_INJECTED);
+    // stopped: commands are not served
+    d.wr(hw::REG_CMDQ_NOTIFY, 1);
+    assert_eq!(d.wait_cmd_for(Duration::from_millis(100)), None);
+    d.wr(hw::REG_CONTROL, hw::CONTROL_RESET);
+    d.setup_queues();
+    d.enable();
+    assert_eq!(d.cmd(hw::CMD_NOP, &[], None).status, hw::STATUS_OK);
+    // a spontaneous reset: the device forgets its queues
+    set_plan(&td, "reset,count=1");
+    rq(&mut d);
+    let t = Instant::now();
+    while td.counter("resets") < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(d.rd(hw::REG_STATUS), 0);
+    d.setup_queues();
+    d.enable();
+    assert_eq!(d.cmd(hw::CMD_NOP, &[], None).status, hw::STATUS_OK);
+}
+
+#[test]
+fn event_backlog_waits_for_buffers() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
+    // more acknowledgements than event buffers (16): the rest wait in order
+    for seq in 1..=40u32 {
+        d.invalidate(key, MR_IOVA, 4096, seq);
+    }
+    assert!(d.wait_inv_ack(40, Duration::from_secs(5)));
+    let mut acks = Vec::new();
+    let t = Instant::now();
+    while acks.len() < 40 {
+        acks.extend(
+            d.events()
+                .iter()
+                .filter(|e| e.ty == hw::EVENT_INV_ACK)
+                .map(|e| e.u32(0)),
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{acks:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(acks, (1..=40).collect::<Vec<u32>>());
+}

@@ -370,9 +370,14 @@ impl Driver {
 
     /// Waits for the command used ring to advance; returns the used length.
     pub fn wait_cmd(&mut self) -> Option<u32> {
+        self.wait_cmd_for(Duration::from_secs(5))
+    }
+
+    /// Like `wait_cmd`, with a timeout.
+    pub fn wait_cmd_for(&mut self, timeout: Duration) -> Option<u32> {
         let t = Instant::now();
         while self.ram.r16(CMDQ_USED + 2) == self.cmd_used {
-            if t.elapsed() > Duration::from_secs(5) {
+            if t.elapsed() > timeout {
                 return None;
             }
             std::thread::sleep(Duration::from_micros(50));
