@@ -23,7 +23,10 @@ Stable API (guest tests depend on it)::
         ctl.inject_read(rkey, va, length, qpn=None)
                                            # {"op": "read", "rkey", "va", "length"[, "qpn"]}
                                            # reply "data_hex" is decoded to reply["data"] (bytes)
-        ctl.set_fault_plan({"kind": ...})  # {"op": "fault_plan", "plan": {...}}
+        ctl.mr(key)                        # {"op": "mr", "key"}
+        ctl.set_fault_plan(rules, seed=None)
+                                           # {"op": "fault_plan", "set": RULE | [RULE...][, "seed"]}
+        ctl.clear_fault_plan()             # {"op": "fault_plan", "clear": true}
 
 ``request`` raises ``ControlError`` when the reply has ``"ok": false`` (the
 reply's ``error`` is the message) and ``TimeoutError`` when no reply line
@@ -167,8 +170,18 @@ class Control:
             req["qpn"] = qpn
         return self.request(req)
 
-    def set_fault_plan(self, plan):
-        return self.request({"op": "fault_plan", "plan": plan})
+    def mr(self, key):
+        return self.request({"op": "mr", "key": key})
+
+    def set_fault_plan(self, rules, seed=None):
+        """Replaces the device's fault plan: rules is a RULE or a list of them."""
+        req = {"op": "fault_plan", "set": rules}
+        if seed is not None:
+            req["seed"] = seed
+        return self.request(req)
+
+    def clear_fault_plan(self):
+        return self.request({"op": "fault_plan", "clear": True})
 
 
 def main(argv):
