@@ -243,6 +243,8 @@ int odprnic_odp_stop(struct odprnic_mr *mr);
 void odprnic_odp_dereg(struct odprnic_mr *mr);
 void odprnic_odp_page_fault(struct odprnic_dev *dev,
 			    const struct odprnic_event *ev);
-extern const struct mmu_interval_notifier_ops odprnic_odp_mn_ops;
+int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
+		      u32 flags, struct ib_sge *sg_list, u32 num_sge,
+		      struct uverbs_attr_bundle *attrs);
 
 #endif /* ODP_RNIC_H */

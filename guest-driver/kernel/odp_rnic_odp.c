@@ -14,6 +14,8 @@
 #include "odp_rnic.h"
 #include "odp_rnic_trace.h"
 
+#define ODPRNIC_PREFETCH_TRIES	16
+
 static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
 				   const struct mmu_notifier_range *range,
 				   unsigned long cur_seq)
@@ -53,7 +55,7 @@ unmap:
 	return true;
 }
 
-const struct mmu_interval_notifier_ops odprnic_odp_mn_ops = {
+static const struct mmu_interval_notifier_ops odprnic_odp_mn_ops = {
 	.invalidate = odprnic_odp_invalidate,
 };
 
@@ -117,7 +119,8 @@ void odprnic_odp_dereg(struct odprnic_mr *mr)
  * between (it waits for the mutex and then zaps what we wrote).
  */
 static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-			   u64 iova, u64 len, bool write, u32 map_flags)
+			   u64 iova, u64 len, bool write, bool fault,
+			   u32 map_flags)
 {
 	struct ib_umem_odp *odp = mr->odp;
 	u64 mr_first = mr->iova & PAGE_MASK;
@@ -141,7 +144,7 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 
 		ret = ib_umem_odp_map_dma_and_lock(odp, va, bcnt,
 						   odprnic_odp_access_mask(write),
-						   true);
+						   fault);
 		if (ret < 0)
 			return ret;
 		/* umem_mutex is held */
@@ -163,6 +166,8 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 		err = odprnic_cmd_map_pages(mr->dev, s, mr->key, map_flags,
 					    pos, n);
 		mutex_unlock(&odp->umem_mutex);
+		if (!err && (map_flags & ODPRNIC_MAP_PREFETCH))
+			atomic64_add(n, &mr->prefetches);
 		if (err)
 			return err;
 		pos += (u64)n << PAGE_SHIFT;
@@ -202,7 +207,7 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	mr = odprnic_mr_get(dev, key);
 	if (mr && mr->mode == ODPRNIC_MR_ODP) {
 		atomic64_inc(&mr->faults);
-		err = odprnic_odp_map(mr, s, iova, len, write, 0);
+		err = odprnic_odp_map(mr, s, iova, len, write, true, 0);
 		if (!err || err == -EAGAIN || err == -EBUSY)
 			status = 0;
 		else
@@ -218,4 +223,55 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 		dev_warn_ratelimited(&dev->pdev->dev,
 				     "RESUME token %u failed: %d\n", token, err);
 	odprnic_cmd_put(dev, s);
+}
+
+/*
+ * advise_mr: prefetch ODP ranges into the device (MAP_PAGES with
+ * ODPRNIC_MAP_PREFETCH) so that the first access does not fault.
+ * PREFETCH_NO_FAULT maps only what is present in the page tables. The
+ * work is always done before returning, which also satisfies
+ * IB_UVERBS_ADVISE_MR_FLAG_FLUSH.
+ */
+int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
+		      u32 flags, struct ib_sge *sg_list, u32 num_sge,
+		      struct uverbs_attr_bundle *attrs)
+{
+	struct odprnic_dev *dev = to_odev(pd->device);
+	bool write = advice == IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE;
+	bool fault = advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT;
+	struct odprnic_cmd_slot *s;
+	int err = 0;
+	u32 i;
+
+	if (!(dev->caps & ODPRNIC_CAP_PREFETCH))
+		return -EOPNOTSUPP;
+	if (advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH &&
+	    advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE &&
+	    advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT)
+		return -EOPNOTSUPP;
+	s = odprnic_cmd_get(dev);
+	if (IS_ERR(s))
+		return PTR_ERR(s);
+	for (i = 0; i < num_sge && !err; i++) {
+		struct odprnic_mr *mr = odprnic_mr_get(dev, sg_list[i].lkey);
+
+		if (!mr || mr->mode != ODPRNIC_MR_ODP ||
+		    mr->ibmr.pd != pd) {
+			err = -EINVAL;
+		} else {
+			int tries = ODPRNIC_PREFETCH_TRIES;
+
+			/* a racing invalidation: try again, a bounded number */
+			do {
+				err = odprnic_odp_map(mr, s, sg_list[i].addr,
+						      sg_list[i].length, write,
+						      fault,
+						      ODPRNIC_MAP_PREFETCH);
+			} while (err == -EAGAIN && --tries);
+		}
+		if (mr)
+			odprnic_mr_put(mr);
+	}
+	odprnic_cmd_put(dev, s);
+	return err;
 }

@@ -250,6 +250,7 @@ static const struct ib_device_ops odprnic_dev_ops = {
 	.get_dma_mr = odprnic_get_dma_mr,
 	.reg_user_mr = odprnic_compat_reg_user_mr,
 	.dereg_mr = odprnic_dereg_mr,
+	.advise_mr = odprnic_advise_mr,
 	.fill_res_mr_entry = odprnic_fill_res_mr_entry,
 	.fill_stat_mr_entry = odprnic_fill_stat_mr_entry,
 
