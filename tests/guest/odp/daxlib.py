@@ -19,7 +19,9 @@ import threading
 import time
 import traceback
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+LIB = os.environ.get("ODP_RNIC_TESTS") and os.path.join(os.environ["ODP_RNIC_TESTS"], "lib") or \
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib")
+sys.path.insert(0, LIB)
 
 from pyverbs.device import Context  # noqa: E402
 from pyverbs.mr import MR  # noqa: E402
@@ -65,7 +67,7 @@ class Tap:
     """harness.sh-compatible TAP lines; one step() per check."""
 
     def __init__(self, name):
-        self.name = name
+        self.name = os.environ.get("T_NAME", name)
         self.n = self.passed = self.failed = self.skipped = 0
 
     @staticmethod
@@ -237,6 +239,37 @@ def _dax_mounted(mount):
     return None, None
 
 
+def _fsdax_without_helper():
+    """Turns the raw namespace into fsdax without labels: QEMU's 128 KiB
+    label area leaves a region size that is not a multiple of the region's
+    default alignment (16 MiB), which ndctl refuses, so align to 2 MiB."""
+    out = run(["ndctl", "list", "-N"], check=False)
+    try:
+        nss = json.loads(out) if out.strip() else []
+    except ValueError:
+        nss = []
+    if isinstance(nss, dict):
+        nss = [nss]
+    if any(ns.get("mode") == "fsdax" for ns in nss):
+        return
+    target = nss[0]["dev"] if nss else "namespace0.0"
+    region = "/sys/bus/nd/devices/region0"
+    with open(f"{region}/size") as f:
+        size = int(f.read())
+    with open(f"{region}/align") as f:
+        align = int(f.read(), 0)
+    if size % align:
+        run(["ndctl", "disable-region", "region0"])
+        with open(f"{region}/align", "w") as f:
+            f.write("0x200000")
+        run(["ndctl", "enable-region", "region0"])
+    run(["ndctl", "create-namespace", "-f", "-e", target, "-m", "fsdax", "--align", "2M"])
+    for _ in range(50):
+        if os.path.exists(PMEM_DEV):
+            break
+        time.sleep(0.1)
+
+
 def ensure_dax_mount(mount=MOUNT, dev=PMEM_DEV):
     """XFS with reflink, mounted dax=always on an fsdax pmem namespace.
     Returns a description; raises BailOut when it cannot be had."""
@@ -245,33 +278,15 @@ def ensure_dax_mount(mount=MOUNT, dev=PMEM_DEV):
         return f"{mount}: {what} (already mounted)"
     if ok is False:
         raise BailOut(f"{mount} is mounted without XFS dax=always: {what}")
-    # A raw namespace has no struct pages and cannot do FS-DAX: make it fsdax.
-    # QEMU's label area leaves a region size that is not a multiple of the
-    # region's default alignment (16 MiB), which ndctl refuses: use 2 MiB.
-    out = run(["ndctl", "list", "-N"], check=False)
-    try:
-        nss = json.loads(out) if out.strip() else []
-    except ValueError:
-        nss = []
-    if isinstance(nss, dict):
-        nss = [nss]
-    if not any(ns.get("mode") == "fsdax" for ns in nss):
-        target = nss[0]["dev"] if nss else "namespace0.0"
-        region = "/sys/bus/nd/devices/region0"
-        with open(f"{region}/size") as f:
-            size = int(f.read())
-        with open(f"{region}/align") as f:
-            align = int(f.read(), 0)
-        if size % align:
-            run(["ndctl", "disable-region", "region0"])
-            with open(f"{region}/align", "w") as f:
-                f.write("0x200000")
-            run(["ndctl", "enable-region", "region0"])
-        run(["ndctl", "create-namespace", "-f", "-e", target, "-m", "fsdax", "--align", "2M"])
-        for _ in range(50):
-            if os.path.exists(dev):
-                break
-            time.sleep(0.1)
+    # A raw namespace has no struct pages and cannot do FS-DAX: make an
+    # fsdax one with the lab's helper (tests/guest/lib/pmem.sh), which
+    # initialises the label area so that any size can be created.
+    helper = os.path.join(LIB, "pmem.sh")
+    if os.path.exists(helper):
+        out = run(["bash", "-c", f'. "{helper}" && pmem_present && pmem_init_labels && pmem_create fsdax'])
+        dev = out.strip().splitlines()[-1] if out.strip() else dev
+    else:
+        _fsdax_without_helper()
     if not os.path.exists(dev):
         raise BailOut(f"no {dev} (is the VM started with --pmem?)")
     run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", dev])
@@ -407,7 +422,8 @@ class Env:
             except ImportError as x:
                 raise BailOut(f"no control client (tests/guest/lib/odprnic_ctl.py): {x}")
             try:
-                env.ctl = Ctl(odprnic_ctl.Control.open())
+                # Faults under TCG are slow: a generous reply timeout.
+                env.ctl = Ctl(odprnic_ctl.Control.open(timeout=30.0))
                 ver = env.ctl.version()
             except Exception as x:
                 raise BailOut(f"device control socket: {x}")
