@@ -28,10 +28,13 @@ static int odprnic_query_device(struct ibv_context *ibctx,
 	if (ret)
 		return ret;
 
+	/*
+	 * The driver reports the device's ODPRNIC_REG_VERSION,
+	 * major << 16 | minor ("Interface version" in docs/hardware.md).
+	 */
 	fw_ver = resp.base.fw_ver;
 	snprintf(attr->orig_attr.fw_ver, sizeof(attr->orig_attr.fw_ver),
-		 "%u.%u.%u", (unsigned int)(fw_ver >> 32) & 0xffff,
-		 (unsigned int)(fw_ver >> 16) & 0xffff,
+		 "%u.%u", (unsigned int)(fw_ver >> 16) & 0xffff,
 		 (unsigned int)fw_ver & 0xffff);
 	return 0;
 }
