@@ -19,6 +19,7 @@ pub mod device;
 pub mod dma;
 pub mod engine;
 pub mod fault_plan;
+pub mod fuzz_harness;
 pub mod hw;
 pub mod irq;
 pub mod mr;
