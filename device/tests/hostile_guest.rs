@@ -23,7 +23,7 @@ fn random_guest_input_never_panics() {
             let r = xorshift(&mut seed);
             // bias towards ops with small arguments so rings get hit
             input.extend_from_slice(&r.to_le_bytes()[..(r % 8) as usize + 1]);
-            if r % 5 == 0 {
+            if r.is_multiple_of(5) {
                 input.push(4);
             }
         }
@@ -72,7 +72,7 @@ fn structured_commands_with_random_arguments() {
         let mut tbl = Vec::new();
         for _ in 0..16 {
             tbl.extend_from_slice(
-                &(0x1000_0000 + (xorshift(&mut seed) % 0x10_0000) | 3).to_le_bytes(),
+                &((0x1000_0000 + (xorshift(&mut seed) % 0x10_0000)) | 3).to_le_bytes(),
             );
         }
         input.push(2);
