@@ -122,6 +122,8 @@ def scenario(tap):
             raise Failed(f"{what} succeeded through a revoked key: {daxlib.brief(resp)}")
         if "status" not in resp:
             raise Failed(f"{what}: the control request itself failed: {daxlib.brief(resp)}")
+        if resp.get("status") == "timeout":
+            raise Failed(f"{what}: no answer within {env.ctl.OP_TIMEOUT_MS} ms: {daxlib.brief(resp)}")
         return data, resp
 
     def step_f():

@@ -379,12 +379,18 @@ class Ctl:
     def mr(self, key):
         return self.request({"op": "mr", "key": key})
 
+    # How long the device waits for the driver to resolve a page fault
+    # (docs/control.md, default 5 s: too short under TCG); the reply
+    # timeout of the channel is longer.
+    OP_TIMEOUT_MS = 20000
+
     def remote_write(self, rkey, va, data, check=True):
-        return self.request({"op": "write", "rkey": rkey, "va": va, "data_hex": data.hex()},
-                            check=check)
+        return self.request({"op": "write", "rkey": rkey, "va": va, "data_hex": data.hex(),
+                             "timeout_ms": self.OP_TIMEOUT_MS}, check=check)
 
     def remote_read(self, rkey, va, length):
-        resp = self.request({"op": "read", "rkey": rkey, "va": va, "length": length})
+        resp = self.request({"op": "read", "rkey": rkey, "va": va, "length": length,
+                             "timeout_ms": self.OP_TIMEOUT_MS})
         if resp.get("status") != "success":
             raise Failed(f"remote read: {brief(resp)}")
         return bytes.fromhex(resp.get("data_hex", ""))
