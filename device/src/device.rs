@@ -464,14 +464,14 @@ impl Device {
             })
             .flatten();
         match queues {
-            Some((cmdq, eq)) => {
+            Some((cmdq, evq)) => {
                 sh.status.fetch_or(hw::STATUS_READY, Ordering::SeqCst);
                 log::info!("enabled: command queue {cq:x?}, event queue {eq:x?}");
                 sh.trace.record("enable", serde_json::json!({}));
                 self.send(EngineMsg::Enable {
                     epoch,
                     cmdq: Box::new(cmdq),
-                    eq: Box::new(eq),
+                    eq: Box::new(evq),
                 });
             }
             None => {
