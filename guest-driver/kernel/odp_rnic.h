@@ -190,6 +190,13 @@ u32 odprnic_read32(struct odprnic_dev *dev, u32 reg);
 void odprnic_write32(struct odprnic_dev *dev, u32 reg, u32 val);
 void odprnic_write64(struct odprnic_dev *dev, u32 reg, u64 val);
 bool odprnic_dev_dead(struct odprnic_dev *dev);
+
+/* lost or fenced already known: no register read, for the hot paths */
+static inline bool odprnic_dev_gone(struct odprnic_dev *dev)
+{
+	return READ_ONCE(dev->lost) || READ_ONCE(dev->fenced);
+}
+
 void odprnic_fence(struct odprnic_dev *dev, const char *why);
 
 /* odp_rnic_cmdq.c */

@@ -184,7 +184,7 @@ struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev)
 	unsigned long flags;
 	unsigned int i;
 
-	if (odprnic_dev_dead(dev))
+	if (odprnic_dev_gone(dev))
 		return ERR_PTR(-ENODEV);
 	if (down_timeout(&q->free_slots,
 			 msecs_to_jiffies(odprnic_cmd_timeout_ms))) {
@@ -263,7 +263,7 @@ int odprnic_cmd_exec(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
 	u32 cookie;
 	u16 status;
 
-	if (odprnic_dev_dead(dev))
+	if (odprnic_dev_gone(dev))
 		return -ENODEV;
 
 	s->cmd->opcode = cpu_to_le16(opcode);

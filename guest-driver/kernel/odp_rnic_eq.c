@@ -181,7 +181,7 @@ int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
 	int err = 0;
 	u32 seq;
 
-	if (odprnic_dev_dead(dev))
+	if (odprnic_dev_gone(dev))
 		return -ENODEV;
 
 	spin_lock(&dev->inv_lock);
