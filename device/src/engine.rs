@@ -175,6 +175,8 @@ pub struct Engine {
     backlog: VecDeque<[u8; 64]>,
     event_seq: u32,
     tables: Tables,
+    /// Translation entries held by all MRs (kept in step with `tables`).
+    mapped_total: u64,
     parked: BTreeMap<u32, Parked>,
     expired: VecDeque<u32>,
     next_token: u32,
@@ -269,6 +271,7 @@ impl Engine {
             backlog: VecDeque::new(),
             event_seq: 0,
             tables: Tables::default(),
+            mapped_total: 0,
             parked: BTreeMap::new(),
             expired: VecDeque::new(),
             next_token: 1,
@@ -421,6 +424,7 @@ impl Engine {
     fn local_reset(&mut self, epoch: u64) {
         self.fail_everything(RemoteStatus::RemoteAccessError);
         self.tables.clear();
+        self.mapped_total = 0;
         self.sh
             .oracle
             .lock()
@@ -732,7 +736,8 @@ impl Engine {
     }
 
     fn destroy_mr(&mut self, key: u32) -> Result<(), MrError> {
-        self.tables.destroy_mr(key)?;
+        let mr = self.tables.destroy_mr(key)?;
+        self.mapped_total = self.mapped_total.saturating_sub(mr.mapped_pages());
         self.fail_parked(key);
         self.sh
             .oracle
@@ -792,7 +797,17 @@ impl Engine {
             Ok(f) => f,
             Err(e) => return (e.status(), out),
         };
+        let adding = mr.new_entries(first, &entries);
+        if self.mapped_total.saturating_add(adding) > crate::mr::MAX_TOTAL_PAGES {
+            return (hw::STATUS_NO_RESOURCES, out);
+        }
+        let before = mr.mapped_pages();
         let (mapped, unmapped) = mr.apply_map(first, &entries);
+        self.mapped_total = (self.mapped_total + mr.mapped_pages()).saturating_sub(before);
+        debug_assert_eq!(self.mapped_total, self.tables.total_mapped());
+        let Some(mr) = self.tables.get_mut(key) else {
+            return (hw::STATUS_BAD_HANDLE, out);
+        };
         if flags & hw::MAP_PREFETCH != 0 {
             mr.prefetched_pages = mr.prefetched_pages.saturating_add(mapped.len() as u64);
         }
@@ -885,7 +900,10 @@ impl Engine {
                         }
                         oracle.revoke(key, seq);
                     } else {
+                        let before = mr.mapped_pages();
                         mr.drop_pages(first, last);
+                        self.mapped_total =
+                            (self.mapped_total + mr.mapped_pages()).saturating_sub(before);
                         oracle.invalidate(key, first, last, seq);
                     }
                 }

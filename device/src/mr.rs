@@ -11,6 +11,9 @@ use crate::hw;
 pub const MAX_PD: u32 = 1024;
 /// Memory regions the device offers (`REG_MAX_MR`).
 pub const MAX_MR: u32 = 65536;
+/// Translation entries all MRs together may hold (16 GiB of 4 KiB pages):
+/// a guest cannot make the device allocate without bound.
+pub const MAX_TOTAL_PAGES: u64 = 1 << 22;
 /// Bytes per page.
 pub const PAGE_SIZE: u64 = 1 << hw::PAGE_SHIFT;
 const PAGE_MASK: u64 = PAGE_SIZE - 1;
@@ -352,6 +355,19 @@ impl Mr {
         Ok(self.page_index(iova))
     }
 
+    /// How many entries of a validated run would be added (present now,
+    /// absent from the table).
+    pub fn new_entries(&self, first_page: u64, entries: &[u64]) -> u64 {
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                *e & (hw::PTE_READ | hw::PTE_WRITE) != 0
+                    && !self.table.contains_key(&(first_page + *i as u64))
+            })
+            .count() as u64
+    }
+
     /// Applies a validated run; returns the pages that became present as
     /// (page index, guest-physical page) and the pages made not present.
     pub fn apply_map(&mut self, first_page: u64, entries: &[u64]) -> (Vec<(u64, u64)>, Vec<u64>) {
@@ -387,6 +403,17 @@ struct Slot {
 pub struct Tables {
     pds: Vec<Option<Pd>>,
     slots: Vec<Slot>,
+}
+
+impl Tables {
+    /// Translation entries held by all MRs together.
+    pub fn total_mapped(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter_map(|s| s.mr.as_ref())
+            .map(Mr::mapped_pages)
+            .sum()
+    }
 }
 
 impl Tables {

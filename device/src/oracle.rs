@@ -13,6 +13,9 @@ use crate::trace::now_ns;
 
 /// How many violation records are kept (all are counted).
 pub const MAX_RECORDS: usize = 10_000;
+/// Ended translations remembered (for the `inv_seq` of a later violation)
+/// before the oldest knowledge is dropped; bounds the shadow's memory.
+pub const MAX_DEAD: u64 = 1 << 22;
 
 /// Why an access was a violation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -84,6 +87,7 @@ pub struct Oracle {
     pages: HashMap<u32, BTreeMap<u64, Shadow>>,
     records: Vec<Violation>,
     count: u64,
+    dead: u64,
 }
 
 impl Oracle {
@@ -107,20 +111,38 @@ impl Oracle {
                 if s.live {
                     s.live = false;
                     s.ended_by = Some(seq);
+                    self.dead += 1;
                 }
             }
         }
+        self.bound();
+    }
+
+    /// Forgets ended translations when too many are remembered: a later
+    /// access through one is then reported as `not_live` without `inv_seq`.
+    fn bound(&mut self) {
+        if self.dead <= MAX_DEAD {
+            return;
+        }
+        for m in self.pages.values_mut() {
+            m.retain(|_, s| s.live);
+        }
+        self.dead = 0;
     }
 
     /// Every page of `key` is no longer live: the MR was revoked by `seq`.
     pub fn revoke(&mut self, key: u32, seq: u32) {
         if let Some(m) = self.pages.get_mut(&key) {
             for s in m.values_mut() {
+                if s.live {
+                    self.dead += 1;
+                }
                 s.live = false;
                 s.revoked = true;
                 s.ended_by.get_or_insert(seq);
             }
         }
+        self.bound();
     }
 
     /// The MR was destroyed: forget its pages.
