@@ -223,9 +223,16 @@ impl Dma {
             .map_err(|_| DmaError::Unmapped(gpa, buf.len() as u64))
     }
 
-    /// Checks one MR access (within one page) with the oracle; records a
-    /// violation if it is one. Ok(true): perform it; Ok(false): suppress.
-    fn oracle_check(&self, mem: Option<&GuestMemoryMmap>, acc: &MrAccess, len: u64) -> bool {
+    /// Checks one MR access (within one page) with the oracle and records
+    /// a violation if it is one. Ok: perform it. `Suppressed`: a stale
+    /// translation, not performed. `Unmapped`: the memory is not
+    /// DMA-mapped; never performed, the access fails.
+    fn oracle_check(
+        &self,
+        mem: Option<&GuestMemoryMmap>,
+        acc: &MrAccess,
+        len: u64,
+    ) -> Result<(), DmaError> {
         let mapped = mem.is_some_and(|m| {
             usize::try_from(len).is_ok_and(|l| {
                 m.check_range(GuestAddress(acc.gpa), l, vm_memory::Permissions::ReadWrite)
@@ -237,46 +244,47 @@ impl Dma {
         } else {
             Verdict::Dead(ViolationKind::Unmapped, None)
         };
-        match verdict {
-            Verdict::Live => true,
-            Verdict::Dead(kind, inv_seq) => {
-                // memory that is not mapped is never touched, rogue or not
-                let perform = acc.perform_stale && mapped;
-                let action = if perform {
-                    ViolationAction::Performed
-                } else {
-                    ViolationAction::Suppressed
-                };
-                log::warn!(
-                    "DMA oracle: {kind:?} access key {:#x} qpn {:#x} iova {:#x} gpa {:#x} ({action:?})",
-                    acc.key,
-                    acc.qpn,
-                    acc.iova,
-                    acc.gpa
-                );
-                oracle.record(Violation {
-                    key: acc.key,
-                    qpn: acc.qpn,
-                    iova: acc.iova,
-                    mr_offset: acc.mr_offset,
-                    gpa: acc.gpa,
-                    time_ns: 0,
-                    inv_seq,
-                    kind,
-                    action,
-                });
-                Counters::inc(&self.counters.violations);
-                perform
-            }
+        let Verdict::Dead(kind, inv_seq) = verdict else {
+            return Ok(());
+        };
+        let perform = acc.perform_stale && mapped;
+        let action = if perform {
+            ViolationAction::Performed
+        } else {
+            ViolationAction::Suppressed
+        };
+        log::warn!(
+            "DMA oracle: {kind:?} access key {:#x} qpn {:#x} iova {:#x} gpa {:#x} ({action:?})",
+            acc.key,
+            acc.qpn,
+            acc.iova,
+            acc.gpa
+        );
+        oracle.record(Violation {
+            key: acc.key,
+            qpn: acc.qpn,
+            iova: acc.iova,
+            mr_offset: acc.mr_offset,
+            gpa: acc.gpa,
+            time_ns: 0,
+            inv_seq,
+            kind,
+            action,
+        });
+        Counters::inc(&self.counters.violations);
+        if !mapped {
+            Err(DmaError::Unmapped(acc.gpa, len))
+        } else if perform {
+            Ok(())
+        } else {
+            Err(DmaError::Suppressed)
         }
     }
 
     /// Writes `data` (within one page) through an MR translation.
     pub fn mr_write(&self, epoch: u64, acc: &MrAccess, data: &[u8]) -> Result<(), DmaError> {
         let st = self.guard(epoch)?;
-        if !self.oracle_check(st.mem.as_ref(), acc, data.len() as u64) {
-            return Err(DmaError::Suppressed);
-        }
+        self.oracle_check(st.mem.as_ref(), acc, data.len() as u64)?;
         let mem = st
             .mem
             .as_ref()
@@ -290,9 +298,7 @@ impl Dma {
     /// Reads into `buf` (within one page) through an MR translation.
     pub fn mr_read(&self, epoch: u64, acc: &MrAccess, buf: &mut [u8]) -> Result<(), DmaError> {
         let st = self.guard(epoch)?;
-        if !self.oracle_check(st.mem.as_ref(), acc, buf.len() as u64) {
-            return Err(DmaError::Suppressed);
-        }
+        self.oracle_check(st.mem.as_ref(), acc, buf.len() as u64)?;
         let mem = st
             .mem
             .as_ref()
