@@ -1346,3 +1346,86 @@ fn event_backlog_waits_for_buffers() {
     }
     assert_eq!(acks, (1..=40).collect::<Vec<u32>>());
 }
+
+/// Starts a thread that writes a changing pattern to `key` until stopped.
+fn traffic(
+    td: &TestDevice,
+    key: u32,
+    len: usize,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    let dev = td.dev.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let h = std::thread::spawn(move || {
+        let c = odp_rnic::control::Control::new(dev);
+        let mut n = 0u64;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let r = c.handle_line(
+                &json!({"op": "write", "rkey": key, "va": MR_IOVA, "timeout_ms": 20,
+                    "pattern": {"byte": (n % 250) + 1, "length": len}})
+                .to_string(),
+            );
+            assert_eq!(r["ok"], true, "{r}");
+        }
+        n
+    });
+    (stop, h)
+}
+
+#[test]
+fn bus_master_clear_during_traffic_stops_dma_before_it_returns() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_PINNED, MR_IOVA, 16 * 4096);
+    d.map_pages(key, MR_IOVA, DATA, 16);
+    let (stop, h) = traffic(&td, key, 65536);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        d.set_bus_master(false);
+        let snap = d.ram.read(DATA, 65536);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            d.ram.read(DATA, 65536),
+            snap,
+            "DMA after BME clear returned"
+        );
+        d.set_bus_master(true);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(h.join().unwrap() > 0);
+    assert_eq!(td.ctl(json!({"op": "violations"}))["count"], 0);
+}
+
+#[test]
+fn reset_during_traffic_stops_dma_before_it_returns() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_PINNED, MR_IOVA, 16 * 4096);
+    d.map_pages(key, MR_IOVA, DATA, 16);
+    let (stop, h) = traffic(&td, key, 65536);
+    std::thread::sleep(Duration::from_millis(50));
+    d.wr(hw::REG_CONTROL, hw::CONTROL_RESET);
+    let snap = d.ram.read(DATA, 65536);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(d.ram.read(DATA, 65536), snap, "DMA after reset returned");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(h.join().unwrap() > 0);
+    // the key is gone, and the device comes back up
+    let r = inject(
+        &td,
+        json!({"op": "write", "rkey": key, "va": MR_IOVA, "pattern": {"byte": 1, "length": 8}}),
+    )
+    .join()
+    .unwrap();
+    assert_eq!(r["status"], "remote_access_error");
+    d.setup_queues();
+    d.enable();
+    assert_eq!(d.cmd(hw::CMD_NOP, &[], None).status, hw::STATUS_OK);
+    assert_eq!(td.ctl(json!({"op": "violations"}))["count"], 0);
+}
