@@ -37,8 +37,9 @@ die() {
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root (chroot)"
-[ -x "$ROOT/usr/bin/cmake" ] && [ -x "$ROOT/usr/bin/ninja" ] ||
+if [ ! -x "$ROOT/usr/bin/cmake" ] || [ ! -x "$ROOT/usr/bin/ninja" ]; then
 	die "no cmake/ninja in $ROOT: run scripts/lab-setup first"
+fi
 [ -f "$ABI_HEADER" ] || die "missing $ABI_HEADER"
 
 # One build at a time per root.
@@ -46,6 +47,7 @@ exec 9>"$ROOT/opt/odp-rnic/.provider-build.lock"
 flock 9
 
 # The root's rdma-core version: 56.1-1 -> 56.1.
+# shellcheck disable=SC2016 # ${Version} is dpkg-query's, not the shell's
 deb_ver=$(chroot "$ROOT" dpkg-query -W -f '${Version}' libibverbs1) ||
 	die "libibverbs1 is not installed in $ROOT"
 ver=${deb_ver#*:}
