@@ -66,6 +66,8 @@ counters! {
     dma_bytes_written,
     /// DMA accesses that failed (unmapped, fenced, or injected failure).
     dma_errors,
+    /// Ring work put back to wait because bus mastering was cleared.
+    fenced_waits,
     /// DMA_MAP messages with a file descriptor.
     dma_maps,
     /// DMA_MAP messages without a file descriptor (ignored).

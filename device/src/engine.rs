@@ -163,6 +163,14 @@ struct Parked {
 /// A popped chain: head index and its descriptors.
 type Chain = (u16, Vec<Descriptor>);
 
+/// A command executed but not yet completed on the used ring.
+struct Completion {
+    head: u16,
+    /// Response still to write: guest-physical address and bytes.
+    resp: Option<(u64, [u8; 64])>,
+    len: u32,
+}
+
 /// The engine state, owned by its thread.
 pub struct Engine {
     sh: Arc<Shared>,
@@ -182,6 +190,10 @@ pub struct Engine {
     next_token: u32,
     acks: VecDeque<(Instant, u32)>,
     deferred: VecDeque<Pending>,
+    /// A command whose completion waits for bus mastering.
+    pending_cmd: Option<Completion>,
+    /// Interrupts (command, event) owed from while bus mastering was off.
+    owed_irq: [bool; 2],
 }
 
 fn le16(b: &[u8], o: usize) -> u16 {
@@ -277,6 +289,8 @@ impl Engine {
             next_token: 1,
             acks: VecDeque::new(),
             deferred: VecDeque::new(),
+            pending_cmd: None,
+            owed_irq: [false; 2],
         }
     }
 
@@ -352,6 +366,7 @@ impl Engine {
             EngineMsg::Disable { epoch } if epoch == self.epoch => {
                 self.cmdq = None;
                 self.eq = None;
+                self.pending_cmd = None;
             }
             EngineMsg::CmdNotify => self.process_cmdq(),
             EngineMsg::EqNotify => self.flush_events(),
@@ -366,6 +381,11 @@ impl Engine {
             EngineMsg::BusMaster(on) => {
                 self.fenced = !on;
                 if on {
+                    for (i, v) in [hw::VEC_CMD, hw::VEC_EVENT].into_iter().enumerate() {
+                        if std::mem::take(&mut self.owed_irq[i]) {
+                            self.signal(v);
+                        }
+                    }
                     let deferred: Vec<Pending> = self.deferred.drain(..).collect();
                     for p in deferred {
                         self.attempt(p);
@@ -435,6 +455,8 @@ impl Engine {
         self.backlog.clear();
         self.event_seq = 0;
         self.acks.clear();
+        self.pending_cmd = None;
+        self.owed_irq = [false; 2];
         self.fatal = false;
         self.epoch = epoch;
     }
@@ -476,14 +498,6 @@ impl Engine {
         ev[8..].copy_from_slice(data);
         self.backlog.push_back(ev);
         self.flush_events();
-    }
-
-    fn wants_interrupt(&self, avail: u64) -> bool {
-        let mut f = [0u8; 2];
-        match self.sh.dma.read(self.epoch, avail, &mut f) {
-            Ok(()) => u16::from_le_bytes(f) & VRING_AVAIL_F_NO_INTERRUPT == 0,
-            Err(_) => false,
-        }
     }
 
     fn signal(&self, vector: u32) {
@@ -567,38 +581,85 @@ impl Engine {
                 self.go_fatal(hw::FATAL_RING);
                 return;
             };
-            if let Err(e) = self.sh.dma.write(self.epoch, d.addr().0, &ev) {
-                log::error!("writing event: {e}");
-                if matches!(e, DmaError::Unmapped(..)) {
+            match self.sh.dma.write(self.epoch, d.addr().0, &ev) {
+                Ok(()) => {}
+                Err(DmaError::Fenced) => {
+                    // the buffer stays the driver's: take it again later
+                    self.rewind(false);
+                    return;
+                }
+                Err(DmaError::Stale) => return,
+                Err(e) => {
+                    log::error!("writing event: {e}");
                     self.go_fatal(hw::FATAL_RING);
+                    return;
                 }
-                return;
             }
-            if let Err(code) = self.push_used(false, head, hw::EVENT_SIZE) {
-                if let Some(c) = code {
-                    self.go_fatal(c);
+            match self.push_used(false, head, hw::EVENT_SIZE) {
+                Ok(()) => {}
+                Err(None) => {
+                    self.rewind(false);
+                    return;
                 }
-                return;
+                Err(Some(c)) => {
+                    self.go_fatal(c);
+                    return;
+                }
             }
             self.backlog.pop_front();
             Counters::inc(&self.sh.counters.events);
             posted += 1;
         }
         if posted > 0 {
-            let avail = self.eq.as_ref().map(|q| q.avail_ring());
-            if avail.is_some_and(|a| self.wants_interrupt(a)) {
-                self.signal(hw::VEC_EVENT);
-            }
+            self.notify(hw::VEC_EVENT);
         }
     }
 
     // ---- commands -----------------------------------------------------
+
+    fn rewind(&mut self, which_cmdq: bool) {
+        Counters::inc(&self.sh.counters.fenced_waits);
+        let q = if which_cmdq {
+            &mut self.cmdq
+        } else {
+            &mut self.eq
+        };
+        if let Some(q) = q.as_mut() {
+            q.set_next_avail(q.next_avail().wrapping_sub(1));
+        }
+    }
+
+    /// Signals `vector` unless the driver suppressed interrupts on the
+    /// queue; if that cannot be read now (fenced), the interrupt is owed.
+    fn notify(&mut self, vector: u32) {
+        let q = if vector == hw::VEC_CMD {
+            &self.cmdq
+        } else {
+            &self.eq
+        };
+        let Some(avail) = q.as_ref().map(|q| q.avail_ring()) else {
+            return;
+        };
+        let mut f = [0u8; 2];
+        match self.sh.dma.read(self.epoch, avail, &mut f) {
+            Ok(()) if u16::from_le_bytes(f) & VRING_AVAIL_F_NO_INTERRUPT != 0 => {}
+            Ok(()) => self.signal(vector),
+            Err(DmaError::Fenced) => self.owed_irq[(vector == hw::VEC_EVENT) as usize] = true,
+            Err(_) => {}
+        }
+    }
 
     fn process_cmdq(&mut self) {
         if self.fatal || self.fenced || self.cmdq.is_none() {
             return;
         }
         let mut done = 0;
+        if let Some(c) = self.pending_cmd.take() {
+            match self.complete(c) {
+                Ok(()) => done += 1,
+                Err(code) => return self.stop_on(code),
+            }
+        }
         loop {
             if self.sh.fire(FaultKind::DeviceError).is_some() {
                 log::warn!("fault plan: device error");
@@ -612,61 +673,76 @@ impl Engine {
             let (head, descs) = match self.pop(true) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
-                Err(code) => {
-                    if let Some(c) = code {
-                        self.go_fatal(c);
-                    }
-                    return;
-                }
+                Err(code) => return self.stop_on(code),
             };
-            Counters::inc(&self.sh.counters.commands);
             let epoch = self.epoch;
-            let len = match split_chain(&descs) {
+            let completion = match split_chain(&descs) {
                 Some((req, data, resp)) => {
                     let mut raw = [0u8; 64];
                     let (cmd, status, out) = match self.sh.dma.read(epoch, req.addr().0, &mut raw) {
                         Ok(()) => {
+                            Counters::inc(&self.sh.counters.commands);
                             let cmd = Command::parse(&raw);
                             let (status, out) = self.execute(&cmd, data);
                             (Some(cmd), status, out)
                         }
-                        Err(_) => (None, hw::STATUS_DMA_ERROR, [0; 56]),
+                        Err(DmaError::Fenced) => {
+                            // not started: take it again when bus mastering is back
+                            self.rewind(true);
+                            return;
+                        }
+                        Err(DmaError::Stale) => return,
+                        Err(_) => {
+                            Counters::inc(&self.sh.counters.commands);
+                            (None, hw::STATUS_DMA_ERROR, [0; 56])
+                        }
                     };
                     if self.epoch != epoch || self.fatal {
                         // the command reset or stopped the device
                         return;
                     }
-                    self.respond(resp, cmd.as_ref(), status, &out)
+                    Completion {
+                        head,
+                        resp: Some((resp.addr().0, self.response(cmd.as_ref(), status, &out))),
+                        len: hw::RESP_SIZE,
+                    }
                 }
-                None => match descs.last().filter(|d| d.is_write_only() && d.len() >= 64) {
-                    Some(resp) => self.respond(*resp, None, hw::STATUS_BAD_CHAIN, &[0; 56]),
-                    None => 0,
-                },
+                None => {
+                    Counters::inc(&self.sh.counters.commands);
+                    let resp = descs
+                        .last()
+                        .filter(|d| d.is_write_only() && d.len() >= hw::RESP_SIZE)
+                        .map(|d| {
+                            (
+                                d.addr().0,
+                                self.response(None, hw::STATUS_BAD_CHAIN, &[0; 56]),
+                            )
+                        });
+                    Completion {
+                        head,
+                        len: if resp.is_some() { hw::RESP_SIZE } else { 0 },
+                        resp,
+                    }
+                }
             };
-            if let Err(code) = self.push_used(true, head, len) {
-                if let Some(c) = code {
-                    self.go_fatal(c);
-                }
-                return;
+            match self.complete(completion) {
+                Ok(()) => done += 1,
+                Err(code) => return self.stop_on(code),
             }
-            done += 1;
         }
         if done > 0 {
-            let avail = self.cmdq.as_ref().map(|q| q.avail_ring());
-            if avail.is_some_and(|a| self.wants_interrupt(a)) {
-                self.signal(hw::VEC_CMD);
-            }
+            self.notify(hw::VEC_CMD);
         }
     }
 
-    /// Writes a response; returns the used length (64, or 0 if unwritable).
-    fn respond(
-        &mut self,
-        resp: Descriptor,
-        cmd: Option<&Command>,
-        status: u16,
-        out: &[u8; 56],
-    ) -> u32 {
+    fn stop_on(&mut self, code: Option<u32>) {
+        if let Some(c) = code {
+            self.go_fatal(c);
+        }
+    }
+
+    /// Builds a response.
+    fn response(&self, cmd: Option<&Command>, status: u16, out: &[u8; 56]) -> [u8; 64] {
         if status != hw::STATUS_OK {
             Counters::inc(&self.sh.counters.command_errors);
         }
@@ -677,12 +753,37 @@ impl Engine {
         }
         raw[2..4].copy_from_slice(&status.to_le_bytes());
         raw[8..].copy_from_slice(out);
-        match self.sh.dma.write(self.epoch, resp.addr().0, &raw) {
-            Ok(()) => hw::RESP_SIZE,
-            Err(e) => {
-                log::warn!("writing response: {e}");
-                0
+        raw
+    }
+
+    /// Writes a command's response and puts it on the used ring. If bus
+    /// mastering is cleared meanwhile, the rest waits in `pending_cmd`
+    /// (the command was executed: it is completed, never run twice).
+    fn complete(&mut self, mut c: Completion) -> Result<(), Option<u32>> {
+        if let Some((addr, raw)) = c.resp {
+            match self.sh.dma.write(self.epoch, addr, &raw) {
+                Ok(()) => c.resp = None,
+                Err(DmaError::Fenced) => {
+                    Counters::inc(&self.sh.counters.fenced_waits);
+                    self.pending_cmd = Some(c);
+                    return Err(None);
+                }
+                Err(DmaError::Stale) => return Err(None),
+                Err(e) => {
+                    log::warn!("writing response: {e}");
+                    c.resp = None;
+                    c.len = 0;
+                }
             }
+        }
+        match self.push_used(true, c.head, c.len) {
+            Ok(()) => Ok(()),
+            Err(None) if self.sh.dma.epoch() == self.epoch => {
+                Counters::inc(&self.sh.counters.fenced_waits);
+                self.pending_cmd = Some(c);
+                Err(None)
+            }
+            Err(code) => Err(code),
         }
     }
 

@@ -1429,3 +1429,131 @@ fn reset_during_traffic_stops_dma_before_it_returns() {
     assert_eq!(d.cmd(hw::CMD_NOP, &[], None).status, hw::STATUS_OK);
     assert_eq!(td.ctl(json!({"op": "violations"}))["count"], 0);
 }
+
+#[test]
+fn bus_master_toggling_never_loses_or_repeats_a_command() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let mut pds = std::collections::HashSet::new();
+    for i in 0..300u32 {
+        // submit CREATE_PD by hand, then fence right behind the doorbell
+        let mut req = [0u8; 64];
+        req[0..2].copy_from_slice(&hw::CMD_CREATE_PD.to_le_bytes());
+        req[4..8].copy_from_slice(&i.to_le_bytes());
+        d.ram.write(0x8000, &req);
+        d.ram.write(0x8100, &[0xee; 64]);
+        d.submit_chain(&[(RAM_GPA + 0x8000, 64, false), (RAM_GPA + 0x8100, 64, true)]);
+        if i % 3 != 2 {
+            d.set_bus_master(false);
+            d.set_bus_master(true);
+        }
+        assert_eq!(d.wait_cmd(), Some(64), "command {i}");
+        let r = d.ram.read(0x8100, 64);
+        assert_eq!(u16::from_le_bytes([r[2], r[3]]), hw::STATUS_OK);
+        assert_eq!(u32::from_le_bytes(r[4..8].try_into().unwrap()), i);
+        let pdn = u32::from_le_bytes(r[8..12].try_into().unwrap());
+        assert!(pds.insert(pdn), "PD {pdn} handed out twice");
+        // free it so the table never fills
+        assert_eq!(d.key_cmd(hw::CMD_DESTROY_PD, pdn).status, hw::STATUS_OK);
+        pds.remove(&pdn);
+    }
+    assert_eq!(td.counter("commands"), 600);
+    // events survive toggling too
+    for seq in 1..=100u32 {
+        d.invalidate(0, 0, 1, seq);
+        d.set_bus_master(false);
+        d.set_bus_master(true);
+    }
+    assert!(d.wait_inv_ack(100, Duration::from_secs(5)));
+    let mut acks = Vec::new();
+    let t = Instant::now();
+    while acks.len() < 100 {
+        acks.extend(
+            d.events()
+                .iter()
+                .filter(|e| e.ty == hw::EVENT_INV_ACK)
+                .map(|e| e.u32(0)),
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{} acks", acks.len());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(acks, (1..=100).collect::<Vec<u32>>());
+    eprintln!("fenced_waits {}", td.counter("fenced_waits"));
+}
+
+#[test]
+fn bus_master_clear_in_the_middle_of_a_command_batch() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_IMPLICIT, 0, 0);
+    let g = |o: u64| RAM_GPA + o;
+    let mut used = d.ram.r16(0x3002);
+    let mut avail = d.ram.r16(0x2002);
+    let mut next_iova = 0u64;
+    for round in 0..20u64 {
+        // five MAP_PAGES of 512 entries each, descriptors 3i..3i+2
+        for i in 0..5u64 {
+            let req_off = 0x8000 + i * 0x200;
+            let resp_off = req_off + 0x100;
+            let data_off = 0x20000 + i * 0x1000;
+            let mut req = [0u8; 64];
+            req[0..2].copy_from_slice(&hw::CMD_MAP_PAGES.to_le_bytes());
+            req[4..8].copy_from_slice(&((round * 8 + i) as u32).to_le_bytes());
+            req[8..12].copy_from_slice(&key.to_le_bytes());
+            req[16..24].copy_from_slice(&next_iova.to_le_bytes());
+            req[24..28].copy_from_slice(&512u32.to_le_bytes());
+            next_iova += 512 * 4096;
+            d.ram.write(req_off, &req);
+            d.ram.write(resp_off, &[0xee; 64]);
+            let e: Vec<u8> = (0..512u64)
+                .flat_map(|p| ((g(DATA) + (p % 16) * 4096) | 3).to_le_bytes())
+                .collect();
+            d.ram.write(data_off, &e);
+            let chain = [
+                (g(req_off), 64u32, 0u16),
+                (g(data_off), 4096, 0),
+                (g(resp_off), 64, 2),
+            ];
+            for (j, (a, l, w)) in chain.iter().enumerate() {
+                let idx = i * 3 + j as u64;
+                let dsc = 0x1000 + idx * 16;
+                d.ram.w64(dsc, *a);
+                d.ram.w32(dsc + 8, *l);
+                d.ram.w16(dsc + 12, w | if j < 2 { 1 } else { 0 });
+                d.ram.w16(dsc + 14, (idx + 1) as u16);
+            }
+            d.ram
+                .w16(0x2004 + u64::from(avail % QSIZE) * 2, (i * 3) as u16);
+            avail = avail.wrapping_add(1);
+        }
+        d.ram.w16(0x2002, avail);
+        d.wr(hw::REG_CMDQ_NOTIFY, 1);
+        std::thread::sleep(Duration::from_micros(200 * (round % 5)));
+        d.set_bus_master(false);
+        std::thread::sleep(Duration::from_millis(2));
+        d.set_bus_master(true);
+        let t = Instant::now();
+        while d.ram.r16(0x3002) != avail {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "round {round}: commands lost"
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for i in 0..5u64 {
+            let e = 0x3004 + u64::from(used % QSIZE) * 8;
+            assert_eq!(d.ram.r32(e + 4), 64, "round {round}");
+            used = used.wrapping_add(1);
+            let r = d.ram.read(0x8100 + i * 0x200, 8);
+            assert_eq!(
+                u16::from_le_bytes([r[2], r[3]]),
+                hw::STATUS_OK,
+                "round {round} cmd {i}"
+            );
+        }
+    }
+    let m = td.ctl(json!({"op": "mr", "key": key}));
+    assert_eq!(m["mapped_pages"], 20 * 5 * 512);
+    eprintln!("fenced_waits {}", td.counter("fenced_waits"));
+}
