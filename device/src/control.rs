@@ -212,7 +212,7 @@ impl Control {
                 let o = sh.oracle.lock().unwrap_or_else(|e| e.into_inner());
                 json!({ "count": o.count(), "violations": o.records() })
             }
-            "write" | "read" => return self.inject(op, req),
+            "write" | "read" | "cmp_swp" | "fetch_add" => return self.inject(op, req),
             "mr" => {
                 let key = field_u32(req, "key")?;
                 let (tx, rx) = sync_channel(1);
@@ -326,6 +326,13 @@ impl Control {
                 return Err(ControlError::BadField("data_hex"));
             }
             RemoteOpKind::Write(data)
+        } else if op == "cmp_swp" {
+            RemoteOpKind::CmpSwp {
+                compare: field_u64(req, "compare")?,
+                swap: field_u64(req, "swap")?,
+            }
+        } else if op == "fetch_add" {
+            RemoteOpKind::FetchAdd(field_u64(req, "add")?)
         } else {
             let len = field_u64(req, "length")?;
             if len > MAX_INJECT_LEN {
@@ -358,6 +365,13 @@ impl Control {
                 String::new()
             };
             m.insert("data_hex".into(), Value::String(data));
+        }
+        if op == "cmp_swp" || op == "fetch_add" {
+            let original = <[u8; 8]>::try_from(r.data.as_slice())
+                .ok()
+                .filter(|_| r.status == RemoteStatus::Success)
+                .map(u64::from_le_bytes);
+            m.insert("original".into(), json!(original));
         }
         Ok(m)
     }

@@ -10,18 +10,22 @@
 //! before they touch memory.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
+    GuestRegionMmap, VolatileMemory,
 };
+
+#[cfg(target_endian = "big")]
+compile_error!("guest memory is little-endian and atomics operate on it in place");
 
 use crate::counters::Counters;
 use crate::oracle::{Oracle, Verdict, Violation, ViolationAction, ViolationKind};
 
 /// DMA failures.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DmaError {
     /// Bus Master Enable is clear.
     #[error("bus mastering is disabled")]
@@ -45,6 +49,20 @@ struct State {
     mem: Option<GuestMemoryMmap>,
     bus_master: bool,
     epoch: u64,
+}
+
+/// An 8-byte atomic operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Atomic {
+    /// Compare and swap.
+    CmpSwp {
+        /// Expected value.
+        compare: u64,
+        /// New value.
+        swap: u64,
+    },
+    /// Fetch and add.
+    FetchAdd(u64),
 }
 
 /// Context of an access through an MR, for the oracle.
@@ -293,6 +311,31 @@ impl Dma {
             .map_err(|_| DmaError::Unmapped(acc.gpa, data.len() as u64))?;
         Counters::add(&self.counters.dma_bytes_written, data.len() as u64);
         Ok(())
+    }
+
+    /// Performs an 8-byte atomic through an MR translation (`acc.gpa`
+    /// 8-byte aligned) with a real atomic instruction, so guest CPUs see it
+    /// as one; returns the original value.
+    pub fn mr_atomic(&self, epoch: u64, acc: &MrAccess, op: Atomic) -> Result<u64, DmaError> {
+        let st = self.guard(epoch)?;
+        self.oracle_check(st.mem.as_ref(), acc, 8)?;
+        let unmapped = DmaError::Unmapped(acc.gpa, 8);
+        let mem = st.mem.as_ref().ok_or(unmapped.clone())?;
+        let slice = vm_memory::GuestMemoryBackend::get_slice(mem, GuestAddress(acc.gpa), 8)
+            .map_err(|_| unmapped.clone())?;
+        let cell: &AtomicU64 = slice.get_atomic_ref(0).map_err(|_| unmapped)?;
+        // guest memory is little-endian; so is every host this runs on
+        let old = match op {
+            Atomic::CmpSwp { compare, swap } => {
+                match cell.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(v) | Err(v) => v,
+                }
+            }
+            Atomic::FetchAdd(add) => cell.fetch_add(add, Ordering::SeqCst),
+        };
+        Counters::add(&self.counters.dma_bytes_read, 8);
+        Counters::add(&self.counters.dma_bytes_written, 8);
+        Ok(old)
     }
 
     /// Reads into `buf` (within one page) through an MR translation.

@@ -16,7 +16,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::counters::Counters;
 use crate::device::{QueueRegs, Shared};
-use crate::dma::{DmaError, MrAccess};
+use crate::dma::{Atomic, DmaError, MrAccess};
 use crate::fault_plan::FaultKind;
 use crate::hw;
 use crate::mr::{AccessError, CreateMr, MrError, Tables, Translation};
@@ -1076,6 +1076,12 @@ impl Engine {
         let (len, access, write) = match &p.op.kind {
             RemoteOpKind::Write(d) => (d.len() as u64, hw::ACCESS_REMOTE_WRITE, true),
             RemoteOpKind::Read(n) => (*n, hw::ACCESS_REMOTE_READ, false),
+            RemoteOpKind::CmpSwp { .. } | RemoteOpKind::FetchAdd(_) => {
+                if p.op.va % 8 != 0 {
+                    return p.finish(&counters, RemoteStatus::RemoteInvalidRequest, Vec::new());
+                }
+                (8, hw::ACCESS_REMOTE_ATOMIC, true)
+            }
         };
         if len > MAX_INJECT_LEN {
             return p.finish(&counters, RemoteStatus::RemoteInvalidRequest, Vec::new());
@@ -1150,6 +1156,23 @@ impl Engine {
             };
             let n = s.len as usize;
             let r = match &p.op.kind {
+                RemoteOpKind::CmpSwp { compare, swap } => self
+                    .sh
+                    .dma
+                    .mr_atomic(
+                        self.epoch,
+                        &acc,
+                        Atomic::CmpSwp {
+                            compare: *compare,
+                            swap: *swap,
+                        },
+                    )
+                    .map(|v| read_data = v.to_le_bytes().to_vec()),
+                RemoteOpKind::FetchAdd(add) => self
+                    .sh
+                    .dma
+                    .mr_atomic(self.epoch, &acc, Atomic::FetchAdd(*add))
+                    .map(|v| read_data = v.to_le_bytes().to_vec()),
                 RemoteOpKind::Write(d) => self.sh.dma.mr_write(self.epoch, &acc, &d[off..off + n]),
                 RemoteOpKind::Read(_) => {
                     let start = read_data.len();

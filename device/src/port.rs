@@ -25,6 +25,15 @@ pub enum RemoteOpKind {
     Write(Vec<u8>),
     /// RDMA READ of this many bytes.
     Read(u64),
+    /// 8-byte atomic compare and swap; the result carries the original.
+    CmpSwp {
+        /// Value expected.
+        compare: u64,
+        /// Value stored if it matched.
+        swap: u64,
+    },
+    /// 8-byte atomic fetch and add; the result carries the original.
+    FetchAdd(u64),
 }
 
 /// A remote operation arriving at the device as the responder.
@@ -66,7 +75,7 @@ pub struct RemoteResult {
     pub status: RemoteStatus,
     /// Page faults the operation raised.
     pub faults: u32,
-    /// Data read (READ only).
+    /// Data read (READ), or the original 8 bytes (atomics).
     pub data: Vec<u8>,
 }
 

@@ -1557,3 +1557,110 @@ fn bus_master_clear_in_the_middle_of_a_command_batch() {
     assert_eq!(m["mapped_pages"], 20 * 5 * 512);
     eprintln!("fenced_waits {}", td.counter("fenced_waits"));
 }
+
+#[test]
+fn injected_atomics() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
+    let pd = d.create_pd();
+    let plain = d.create_mr(pd, hw::MR_PINNED, MR_IOVA, 4096);
+    d.map_pages(plain, MR_IOVA, DATA + 0x1000, 1);
+    let atomic = d
+        .create_mr_raw(
+            pd,
+            hw::ACCESS_LOCAL_WRITE | hw::ACCESS_REMOTE_ATOMIC,
+            hw::MR_PINNED,
+            MR_IOVA,
+            4096,
+        )
+        .u32(0);
+    d.map_pages(atomic, MR_IOVA, DATA + 0x2000, 1);
+    d.ram.w64(DATA + 0x2008, 40);
+    let op = |td: &TestDevice, v: Value| inject(td, v).join().unwrap();
+    let r = op(
+        &td,
+        json!({"op": "fetch_add", "rkey": atomic, "va": MR_IOVA + 8, "add": 2}),
+    );
+    assert_eq!(r["status"], "success");
+    assert_eq!(r["original"], 40);
+    assert_eq!(d.ram.r64(DATA + 0x2008), 42);
+    let r = op(
+        &td,
+        json!({"op": "cmp_swp", "rkey": atomic, "va": MR_IOVA + 8, "compare": 1, "swap": 7}),
+    );
+    assert_eq!(r["original"], 42);
+    assert_eq!(d.ram.r64(DATA + 0x2008), 42, "no swap on mismatch");
+    let r = op(
+        &td,
+        json!({"op": "cmp_swp", "rkey": atomic, "va": MR_IOVA + 8, "compare": 42, "swap": "0xffffffffffffffff"}),
+    );
+    assert_eq!(r["original"], 42);
+    assert_eq!(d.ram.r64(DATA + 0x2008), u64::MAX);
+    let r = op(
+        &td,
+        json!({"op": "fetch_add", "rkey": atomic, "va": MR_IOVA + 8, "add": 1}),
+    );
+    assert_eq!(r["original"], json!(u64::MAX));
+    assert_eq!(d.ram.r64(DATA + 0x2008), 0, "wraps");
+    // misaligned: invalid request; no REMOTE_ATOMIC: access error
+    let r = op(
+        &td,
+        json!({"op": "fetch_add", "rkey": atomic, "va": MR_IOVA + 4, "add": 1}),
+    );
+    assert_eq!(r["status"], "remote_invalid_request");
+    assert_eq!(r["original"], Value::Null);
+    let r = op(
+        &td,
+        json!({"op": "fetch_add", "rkey": plain, "va": MR_IOVA, "add": 1}),
+    );
+    assert_eq!(r["status"], "remote_access_error");
+    assert_eq!(
+        td.ctl(json!({"op": "fetch_add", "rkey": atomic, "va": MR_IOVA}))["ok"],
+        false
+    );
+    // an ODP MR with REMOTE_ATOMIC faults first
+    let odp = d
+        .create_mr_raw(
+            pd,
+            hw::ACCESS_LOCAL_WRITE | hw::ACCESS_REMOTE_ATOMIC,
+            hw::MR_ODP,
+            MR_IOVA,
+            4096,
+        )
+        .u32(0);
+    let _ = key;
+    let h = inject(
+        &td,
+        json!({"op": "fetch_add", "rkey": odp, "va": MR_IOVA + 16, "add": 5}),
+    );
+    let evs = d.wait_event(hw::EVENT_PAGE_FAULT);
+    let f = evs.iter().find(|e| e.ty == hw::EVENT_PAGE_FAULT).unwrap();
+    assert_eq!(f.u32(12), hw::FAULT_WRITE);
+    d.map_pages(odp, MR_IOVA, DATA + 0x3000, 1);
+    d.resume(f.u32(0), 0);
+    let r = h.join().unwrap();
+    assert_eq!(r["status"], "success");
+    assert_eq!(r["faults"], 1);
+    assert_eq!(r["original"], 0);
+    assert_eq!(d.ram.r64(DATA + 0x3010), 5);
+    // concurrent fetch_adds from many requesters are atomic
+    let hs: Vec<_> = (0..8)
+        .map(|_| {
+            let dev = td.dev.clone();
+            std::thread::spawn(move || {
+                let c = odp_rnic::control::Control::new(dev);
+                for _ in 0..100 {
+                    let r = c.handle_line(
+                        &json!({"op": "fetch_add", "rkey": atomic, "va": MR_IOVA + 24, "add": 1})
+                            .to_string(),
+                    );
+                    assert_eq!(r["status"], "success");
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(d.ram.r64(DATA + 0x2018), 800);
+}
