@@ -1077,7 +1077,7 @@ impl Engine {
             RemoteOpKind::Write(d) => (d.len() as u64, hw::ACCESS_REMOTE_WRITE, true),
             RemoteOpKind::Read(n) => (*n, hw::ACCESS_REMOTE_READ, false),
             RemoteOpKind::CmpSwp { .. } | RemoteOpKind::FetchAdd(_) => {
-                if p.op.va % 8 != 0 {
+                if !p.op.va.is_multiple_of(8) {
                     return p.finish(&counters, RemoteStatus::RemoteInvalidRequest, Vec::new());
                 }
                 (8, hw::ACCESS_REMOTE_ATOMIC, true)
