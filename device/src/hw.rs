@@ -223,3 +223,173 @@ pub const FAULT_WRITE: u32 = 0x1;
 pub const QPN_INJECTOR_FIRST: u32 = 0xfff000;
 /// last QPN of the wire injector
 pub const QPN_INJECTOR_LAST: u32 = 0xffffff;
+
+// Interface 1.1: completion queues, queue pairs, address handles, doorbells.
+/// `ODPRNIC_WQE_SIZE` in `docs/hardware.md`.
+pub const WQE_SIZE: u64 = 128;
+/// `ODPRNIC_CQE_SIZE` in `docs/hardware.md`.
+pub const CQE_SIZE: u64 = 32;
+/// `ODPRNIC_RING_HDR_SPACE` in `docs/hardware.md`.
+pub const RING_HDR_SPACE: u64 = 4096;
+/// `ODPRNIC_MAX_SGE` in `docs/hardware.md`.
+pub const MAX_SGE: u32 = 4;
+/// `ODPRNIC_MAX_INLINE` in `docs/hardware.md`.
+pub const MAX_INLINE: u32 = 64;
+/// `ODPRNIC_MAX_QP_WR` in `docs/hardware.md`.
+pub const MAX_QP_WR: u32 = 4096;
+/// `ODPRNIC_MAX_CQE` in `docs/hardware.md`.
+pub const MAX_CQE: u32 = 16384;
+/// `ODPRNIC_MAX_MSG_SIZE` in `docs/hardware.md`.
+pub const MAX_MSG_SIZE: u32 = 0x40000000;
+/// `ODPRNIC_PHYS_LKEY` in `docs/hardware.md`.
+pub const PHYS_LKEY: u32 = 0;
+/// `ODPRNIC_WR_SEND` in `docs/hardware.md`.
+pub const WR_SEND: u8 = 0;
+/// `ODPRNIC_WR_SEND_IMM` in `docs/hardware.md`.
+pub const WR_SEND_IMM: u8 = 1;
+/// `ODPRNIC_WR_RDMA_WRITE` in `docs/hardware.md`.
+pub const WR_RDMA_WRITE: u8 = 2;
+/// `ODPRNIC_WR_RDMA_WRITE_IMM` in `docs/hardware.md`.
+pub const WR_RDMA_WRITE_IMM: u8 = 3;
+/// `ODPRNIC_WR_RDMA_READ` in `docs/hardware.md`.
+pub const WR_RDMA_READ: u8 = 4;
+/// `ODPRNIC_WR_ATOMIC_CMP_SWP` in `docs/hardware.md`.
+pub const WR_ATOMIC_CMP_SWP: u8 = 5;
+/// `ODPRNIC_WR_ATOMIC_FETCH_ADD` in `docs/hardware.md`.
+pub const WR_ATOMIC_FETCH_ADD: u8 = 6;
+/// `ODPRNIC_WQE_F_SIGNALED` in `docs/hardware.md`.
+pub const WQE_F_SIGNALED: u8 = 0x1;
+/// `ODPRNIC_WQE_F_SOLICITED` in `docs/hardware.md`.
+pub const WQE_F_SOLICITED: u8 = 0x2;
+/// `ODPRNIC_WQE_F_INLINE` in `docs/hardware.md`.
+pub const WQE_F_INLINE: u8 = 0x4;
+/// `ODPRNIC_WQE_F_FENCE` in `docs/hardware.md`.
+pub const WQE_F_FENCE: u8 = 0x8;
+/// IB_WC_SUCCESS
+pub const WC_SUCCESS: u8 = 0;
+/// IB_WC_LOC_LEN_ERR
+pub const WC_LOC_LEN_ERR: u8 = 1;
+/// IB_WC_LOC_QP_OP_ERR
+pub const WC_LOC_QP_OP_ERR: u8 = 2;
+/// IB_WC_LOC_PROT_ERR
+pub const WC_LOC_PROT_ERR: u8 = 4;
+/// IB_WC_WR_FLUSH_ERR
+pub const WC_WR_FLUSH_ERR: u8 = 5;
+/// IB_WC_BAD_RESP_ERR
+pub const WC_BAD_RESP_ERR: u8 = 7;
+/// IB_WC_LOC_ACCESS_ERR
+pub const WC_LOC_ACCESS_ERR: u8 = 8;
+/// IB_WC_REM_INV_REQ_ERR
+pub const WC_REM_INV_REQ_ERR: u8 = 9;
+/// IB_WC_REM_ACCESS_ERR
+pub const WC_REM_ACCESS_ERR: u8 = 10;
+/// IB_WC_REM_OP_ERR
+pub const WC_REM_OP_ERR: u8 = 11;
+/// IB_WC_RETRY_EXC_ERR
+pub const WC_RETRY_EXC_ERR: u8 = 12;
+/// IB_WC_RNR_RETRY_EXC_ERR
+pub const WC_RNR_RETRY_EXC_ERR: u8 = 13;
+/// IB_WC_FATAL_ERR
+pub const WC_FATAL_ERR: u8 = 19;
+/// IB_WC_SEND
+pub const CQE_OP_SEND: u8 = 0;
+/// IB_WC_RDMA_WRITE
+pub const CQE_OP_RDMA_WRITE: u8 = 1;
+/// IB_WC_RDMA_READ
+pub const CQE_OP_RDMA_READ: u8 = 2;
+/// IB_WC_COMP_SWAP
+pub const CQE_OP_COMP_SWAP: u8 = 3;
+/// IB_WC_FETCH_ADD
+pub const CQE_OP_FETCH_ADD: u8 = 4;
+/// IB_WC_RECV
+pub const CQE_OP_RECV: u8 = 128;
+/// IB_WC_RECV_RDMA_WITH_IMM
+pub const CQE_OP_RECV_RDMA_WITH_IMM: u8 = 129;
+/// IB_WC_WITH_IMM
+pub const CQE_F_IMM: u8 = 0x1;
+/// IB_WC_GRH (UD/GSI receive: the first 40 bytes of the receive buffer hold a GRH)
+pub const CQE_F_GRH: u8 = 0x2;
+/// doorbell pages, 32-bit memory BAR, trapped
+pub const BAR_DB: u32 = 4;
+/// one page per doorbell owner
+pub const DB_PAGE_SIZE: u64 = 0x1000;
+/// page 0 belongs to the kernel, pages 1..255 to user contexts
+pub const DB_PAGES: u32 = 256;
+/// write a QPN: its `sq_prod` moved
+pub const DB_SQ: u64 = 0x0;
+/// write a QPN: its `rq_prod` moved
+pub const DB_RQ: u64 = 0x4;
+/// write `cqn`, or `cqn \
+pub const DB_CQ_ARM: u64 = 0x8;
+/// `ODPRNIC_DB_CQ_ARM_SOLICITED` in `docs/hardware.md`.
+pub const DB_CQ_ARM_SOLICITED: u32 = 0x80000000;
+/// `ODPRNIC_CMD_CREATE_CQ` in `docs/hardware.md`.
+pub const CMD_CREATE_CQ: u16 = 0x20;
+/// `ODPRNIC_CMD_DESTROY_CQ` in `docs/hardware.md`.
+pub const CMD_DESTROY_CQ: u16 = 0x21;
+/// `ODPRNIC_CMD_CREATE_QP` in `docs/hardware.md`.
+pub const CMD_CREATE_QP: u16 = 0x30;
+/// `ODPRNIC_CMD_MODIFY_QP` in `docs/hardware.md`.
+pub const CMD_MODIFY_QP: u16 = 0x31;
+/// `ODPRNIC_CMD_QUERY_QP` in `docs/hardware.md`.
+pub const CMD_QUERY_QP: u16 = 0x32;
+/// `ODPRNIC_CMD_DESTROY_QP` in `docs/hardware.md`.
+pub const CMD_DESTROY_QP: u16 = 0x33;
+/// `ODPRNIC_CMD_CREATE_AH` in `docs/hardware.md`.
+pub const CMD_CREATE_AH: u16 = 0x40;
+/// `ODPRNIC_CMD_DESTROY_AH` in `docs/hardware.md`.
+pub const CMD_DESTROY_AH: u16 = 0x41;
+/// `ODPRNIC_GID_ROCE_V1` in `docs/hardware.md`.
+pub const GID_ROCE_V1: u8 = 0;
+/// `ODPRNIC_GID_ROCE_V2_IPV4` in `docs/hardware.md`.
+pub const GID_ROCE_V2_IPV4: u8 = 1;
+/// `ODPRNIC_GID_ROCE_V2_IPV6` in `docs/hardware.md`.
+pub const GID_ROCE_V2_IPV6: u8 = 2;
+/// `ODPRNIC_QPT_RC` in `docs/hardware.md`.
+pub const QPT_RC: u8 = 2;
+/// `ODPRNIC_QPT_UD` in `docs/hardware.md`.
+pub const QPT_UD: u8 = 4;
+/// `ODPRNIC_QPT_GSI` in `docs/hardware.md`.
+pub const QPT_GSI: u8 = 1;
+/// `ODPRNIC_QP_KERNEL` in `docs/hardware.md`.
+pub const QP_KERNEL: u8 = 0x1;
+/// `ODPRNIC_QP_SIG_ALL` in `docs/hardware.md`.
+pub const QP_SIG_ALL: u8 = 0x2;
+/// `ODPRNIC_QPS_RESET` in `docs/hardware.md`.
+pub const QPS_RESET: u8 = 0;
+/// `ODPRNIC_QPS_INIT` in `docs/hardware.md`.
+pub const QPS_INIT: u8 = 1;
+/// `ODPRNIC_QPS_RTR` in `docs/hardware.md`.
+pub const QPS_RTR: u8 = 2;
+/// `ODPRNIC_QPS_RTS` in `docs/hardware.md`.
+pub const QPS_RTS: u8 = 3;
+/// `ODPRNIC_QPS_SQD` in `docs/hardware.md`.
+pub const QPS_SQD: u8 = 4;
+/// `ODPRNIC_QPS_SQE` in `docs/hardware.md`.
+pub const QPS_SQE: u8 = 5;
+/// `ODPRNIC_QPS_ERR` in `docs/hardware.md`.
+pub const QPS_ERR: u8 = 6;
+/// `ODPRNIC_QP_ATTR_STATE` in `docs/hardware.md`.
+pub const QP_ATTR_STATE: u32 = 0x1;
+/// `ODPRNIC_QP_ATTR_ACCESS` in `docs/hardware.md`.
+pub const QP_ATTR_ACCESS: u32 = 0x2;
+/// `ODPRNIC_QP_ATTR_PATH` in `docs/hardware.md`.
+pub const QP_ATTR_PATH: u32 = 0x4;
+/// `ODPRNIC_QP_ATTR_DEST_QPN` in `docs/hardware.md`.
+pub const QP_ATTR_DEST_QPN: u32 = 0x8;
+/// `ODPRNIC_QP_ATTR_QKEY` in `docs/hardware.md`.
+pub const QP_ATTR_QKEY: u32 = 0x10;
+/// `ODPRNIC_QP_ATTR_SQ_PSN` in `docs/hardware.md`.
+pub const QP_ATTR_SQ_PSN: u32 = 0x20;
+/// `ODPRNIC_QP_ATTR_RQ_PSN` in `docs/hardware.md`.
+pub const QP_ATTR_RQ_PSN: u32 = 0x40;
+/// `ODPRNIC_QP_ATTR_RETRY` in `docs/hardware.md`.
+pub const QP_ATTR_RETRY: u32 = 0x80;
+/// `ODPRNIC_QP_ATTR_MTU` in `docs/hardware.md`.
+pub const QP_ATTR_MTU: u32 = 0x100;
+/// `u32 qpn` at 0, `u32 syndrome` at 4 (`ODPRNIC_WC_*` that caused it)
+pub const EVENT_QP_ERROR: u16 = 5;
+/// `u32 cqn` at 0
+pub const EVENT_CQ_ERROR: u16 = 6;
+/// `u32 qpn` at 0
+pub const EVENT_QP_LAST_WQE: u16 = 7;
