@@ -24,6 +24,8 @@ use crate::port::{Port, RemoteOp, RemoteOpKind, RemoteResult, RemoteStatus, MAX_
 
 /// Tokens of timed-out accesses remembered so their late RESUME succeeds.
 const MAX_EXPIRED_TOKENS: usize = 65536;
+/// Exit status of the process when fault plan `kill` fires (as SIGKILL's).
+pub const KILL_EXIT_STATUS: i32 = 137;
 /// `VRING_AVAIL_F_NO_INTERRUPT`.
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
@@ -670,6 +672,7 @@ impl Engine {
                 self.spontaneous_reset();
                 return;
             }
+            self.maybe_kill("command");
             let (head, descs) = match self.pop(true) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -960,7 +963,16 @@ impl Engine {
 
     // ---- invalidation -------------------------------------------------
 
+    /// Fault plan `kill`: the process ends here, as if killed.
+    fn maybe_kill(&self, at: &str) {
+        if self.sh.fire(FaultKind::Kill).is_some() {
+            log::error!("fault plan: killing the device process at {at}");
+            std::process::exit(KILL_EXIT_STATUS);
+        }
+    }
+
     fn invalidate(&mut self, key: u32, start: u64, length: u64, seq: u32) {
+        self.maybe_kill("invalidation");
         Counters::inc(&self.sh.counters.invalidations);
         self.sh.trace.record(
             "invalidate",

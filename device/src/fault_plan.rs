@@ -31,7 +31,7 @@ pub enum FaultPlanError {
 }
 
 const KINDS: &str = "delay_inv_ack, never_ack, drop_fault, dup_fault, fail_resume, fail_dma, \
-                     device_error, reset, rogue_record, rogue_write";
+                     device_error, reset, kill, rogue_record, rogue_write";
 
 /// What a rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,9 @@ pub enum FaultKind {
     DeviceError,
     /// Reset the device spontaneously at a command.
     Reset,
+    /// Kill the device process at a command or an invalidation (exit
+    /// status 137, no clean-up: the client sees the socket close).
+    Kill,
     /// Ignore an invalidation (keep the translations) but suppress and
     /// record every stale access made through them.
     RogueRecord,
@@ -73,6 +76,7 @@ impl FromStr for FaultKind {
             "fail_dma" => FaultKind::FailDma,
             "device_error" => FaultKind::DeviceError,
             "reset" => FaultKind::Reset,
+            "kill" => FaultKind::Kill,
             "rogue_record" => FaultKind::RogueRecord,
             "rogue_write" => FaultKind::RogueWrite,
             _ => return Err(FaultPlanError::UnknownKind(s.to_string())),

@@ -164,14 +164,28 @@ impl Harness {
                     let n = inp.byte().unwrap_or(0) as usize;
                     let line = String::from_utf8_lossy(inp.bytes(n)).into_owned();
                     let _ = self.control.handle_line(&line);
+                    // fault plan `kill` ends the process by design: not a finding
+                    self.dev
+                        .shared
+                        .faults
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .rules
+                        .retain(|r| r.kind != crate::fault_plan::FaultKind::Kill);
                 }
                 7 => {
-                    // a remote write through whatever key the input names
+                    // a remote operation through whatever key the input names
                     let key = inp.u32();
                     let va = u64::from(inp.u32()) << (inp.byte().unwrap_or(0) % 40);
                     let n = inp.byte().unwrap_or(0);
-                    let req = serde_json::json!({"op": "write", "rkey": key, "va": va,
-                        "pattern": {"byte": 0xa5, "length": n}, "timeout_ms": 1});
+                    let req = match n % 4 {
+                        0 => serde_json::json!({"op": "read", "rkey": key, "va": va,
+                            "length": n, "timeout_ms": 1}),
+                        1 => serde_json::json!({"op": "fetch_add", "rkey": key, "va": va,
+                            "add": n, "timeout_ms": 1}),
+                        _ => serde_json::json!({"op": "write", "rkey": key, "va": va,
+                            "pattern": {"byte": 0xa5, "length": n}, "timeout_ms": 1}),
+                    };
                     let _ = self.control.handle_line(&req.to_string());
                 }
                 8 => {

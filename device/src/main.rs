@@ -14,7 +14,7 @@ use odp_rnic::server;
 
 const USAGE: &str = "\
 usage: odp-rnic --socket PATH [--odp on|off] [--control PATH] [--fault-plan SPEC]... [--log-level LEVEL]
-       odp-rnic ctl --control PATH OP [JSON-ARGS]
+       odp-rnic ctl --control PATH OP [JSON-ARGS | KEY=VALUE...]
        odp-rnic --help
 
 An emulated RDMA NIC with switchable On-Demand Paging, served over vfio-user.
@@ -24,11 +24,12 @@ An emulated RDMA NIC with switchable On-Demand Paging, served over vfio-user.
   --control PATH      control socket (line-delimited JSON, docs/control.md)
   --fault-plan SPEC   KIND[=ARG][,count=N][,prob=P][,seed=S]; repeatable. KIND is one of
                       delay_inv_ack=MS, never_ack, drop_fault, dup_fault, fail_resume,
-                      fail_dma, device_error, reset, rogue_record, rogue_write
+                      fail_dma, device_error, reset, kill, rogue_record, rogue_write
   --log-level LEVEL   error, warn, info (default), debug, trace; RUST_LOG overrides
 
-ctl sends {\"op\": OP, ...JSON-ARGS} to the control socket and prints the reply,
-e.g. odp-rnic ctl --control /run/odp.ctl write '{\"rkey\":\"0x101\",\"va\":0,\"data_hex\":\"abcd\"}'
+ctl sends {\"op\": OP, ...ARGS} to the control socket and prints the reply, e.g.
+  odp-rnic ctl --control /run/odp.ctl write rkey=0x101 va=0 data_hex=abcd
+  odp-rnic ctl --control /run/odp.ctl fault_plan '{\"set\": \"delay_inv_ack=200,count=3\"}'
 ";
 
 struct Args {
@@ -111,10 +112,33 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Builds a request's arguments from `ctl` words: one JSON object, or
+/// `key=value` words (a value that parses as JSON is taken as such, e.g.
+/// numbers; anything else is a string, so `rkey=0x101` works).
+fn ctl_args(words: &[String]) -> Result<serde_json::Value, String> {
+    if let [one] = words {
+        if one.trim_start().starts_with('{') {
+            return match serde_json::from_str(one) {
+                Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+                _ => Err("arguments must be a JSON object".into()),
+            };
+        }
+    }
+    let mut m = serde_json::Map::new();
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .ok_or_else(|| format!("`{w}` is neither a JSON object nor key=value"))?;
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+        m.insert(k.to_string(), v);
+    }
+    Ok(serde_json::Value::Object(m))
+}
+
 fn ctl(mut it: impl Iterator<Item = String>) -> ExitCode {
     let mut path = None;
     let mut op = None;
-    let mut args = None;
+    let mut words = Vec::new();
     while let Some(a) = it.next() {
         if a == "--control" {
             path = it.next();
@@ -122,25 +146,18 @@ fn ctl(mut it: impl Iterator<Item = String>) -> ExitCode {
             path = Some(p.to_string());
         } else if op.is_none() {
             op = Some(a);
-        } else if args.is_none() {
-            args = Some(a);
         } else {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
+            words.push(a);
         }
     }
     let (Some(path), Some(op)) = (path, op) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    let mut req = match args
-        .as_deref()
-        .map(serde_json::from_str::<serde_json::Value>)
-    {
-        None => serde_json::json!({}),
-        Some(Ok(v @ serde_json::Value::Object(_))) => v,
-        Some(_) => {
-            eprintln!("odp-rnic ctl: arguments must be a JSON object");
+    let mut req = match ctl_args(&words) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("odp-rnic ctl: {e}");
             return ExitCode::from(2);
         }
     };

@@ -145,6 +145,22 @@ fn sockets_and_control() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
+    let o = Command::new(BIN)
+        .args(["ctl", "--control"])
+        .arg(&ctl)
+        .args(["fault_plan", "set=never_ack,count=2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["plan"]["rules"][0]["count"], 2);
+    let o = Command::new(BIN)
+        .args(["ctl", "--control"])
+        .arg(&ctl)
+        .args(["trace", "max=3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
     // a vfio-user client can connect, go away, and another one come
     for _ in 0..2 {
         let c = vfio_user::Client::new(&sock).unwrap();
@@ -162,4 +178,24 @@ fn refuses_a_socket_in_use() {
         .output()
         .unwrap();
     assert!(!o.status.success());
+}
+
+#[test]
+fn fault_plan_kill_ends_the_process_at_an_invalidation() {
+    let (mut p, sock, _ctl) = start("kill", &["--fault-plan", "kill,count=1"]);
+    let mut c = vfio_user::Client::new(&sock).unwrap();
+    let reg = |c: &mut vfio_user::Client, off: u64, v: u32| {
+        let _ = c.region_write(0, off, &v.to_le_bytes());
+    };
+    reg(&mut c, 0x200, 1);
+    reg(&mut c, 0x218, 1);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(137));
 }
