@@ -52,8 +52,13 @@ class BailOut(Exception):
     """The guest is not usable for this scenario at all."""
 
 
+def errno_name(err):
+    # EOPNOTSUPP and ENOTSUP are one value on Linux; the kernel says EOPNOTSUPP.
+    return "EOPNOTSUPP" if err == errno.EOPNOTSUPP else errno.errorcode.get(err, "?")
+
+
 def errname(err):
-    return f"{errno.errorcode.get(err, '?')} ({err})"
+    return f"{errno_name(err)} ({err})"
 
 
 def brief(obj):
@@ -298,6 +303,28 @@ def ensure_dax_mount(mount=MOUNT, dev=PMEM_DEV):
     return f"{mount}: {what}"
 
 
+PAGECACHE_MOUNT = "/mnt/pagecache"
+PAGECACHE_IMAGE = "/tmp/odp-rnic-pagecache.img"
+
+
+def ensure_pagecache_mount(mount=PAGECACHE_MOUNT, image=PAGECACHE_IMAGE, size="320M"):
+    """XFS with reflink on a loop device over a sparse file in the guest's
+    tmpfs (xfsprogs refuses filesystems under 300 MB): files there live in
+    the page cache (no DAX). Returns a description."""
+    for dev, mnt, fstype, opts, *_ in _mounts():
+        if mnt == mount:
+            return f"{mount}: {dev} {fstype} {opts} (already mounted)"
+    run(["modprobe", "loop"], check=False)
+    run(["truncate", "-s", size, image])
+    run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", image])
+    os.makedirs(mount, exist_ok=True)
+    run(["mount", "-o", "loop", image, mount])
+    for dev, mnt, fstype, opts, *_ in _mounts():
+        if mnt == mount:
+            return f"{mount}: {dev} {fstype} {opts}"
+    raise BailOut(f"mount -o loop {image} {mount} did not appear in /proc/self/mounts")
+
+
 class DaxFile:
     """A file on the DAX mount, filled, and mmapped MAP_SHARED read-write."""
 
@@ -305,19 +332,21 @@ class DaxFile:
         self.path, self.size, self.fd, self.addr = path, size, fd, addr
 
     @classmethod
-    def create(cls, path, size):
+    def create(cls, path, size, dax=True):
+        """dax=False: a page-cache file, which must not be DAX."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         fill = bytes(i % 251 for i in range(PAGE))
         for off in range(0, size, PAGE):
             os.pwrite(fd, fill, off)
         os.fsync(fd)
         attrs, mask = statx_attributes(path)
-        if not mask & STATX_ATTR_DAX:
+        if dax and not mask & STATX_ATTR_DAX:
             os.close(fd)
             raise Failed("statx does not report STATX_ATTR_DAX for this kernel/filesystem")
-        if not attrs & STATX_ATTR_DAX:
+        if bool(attrs & STATX_ATTR_DAX) != dax:
             os.close(fd)
-            raise Failed(f"{path} is not a DAX file (stx_attributes 0x{attrs:x})")
+            raise Failed(f"{path}: STATX_ATTR_DAX is {'clear' if dax else 'set'} "
+                         f"(stx_attributes 0x{attrs:x})")
         import mmap
 
         addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
@@ -417,7 +446,9 @@ class Env:
         self.mount = MOUNT
 
     @classmethod
-    def setup(cls, tap):
+    def setup(cls, tap, backing="dax"):
+        """backing: "dax" (XFS dax=always on pmem) or "pagecache" (XFS on a
+        loop device); env.mount is where its files go."""
         env = cls()
         try:
             env.ibdev = find_ibdev()
@@ -437,7 +468,11 @@ class Env:
             env.ctx = Context(name=env.ibdev)
             env.pd = PD(env.ctx)
             tap.diag(f"ib device {env.ibdev} ({DRIVER}); device {brief(ver)}")
-            tap.diag(ensure_dax_mount())
+            if backing == "pagecache":
+                env.mount = PAGECACHE_MOUNT
+                tap.diag(ensure_pagecache_mount())
+            else:
+                tap.diag(ensure_dax_mount())
         except BailOut as b:
             sys.exit(tap.bail(str(b)))
         except (PyverbsError, OSError, Failed) as x:
