@@ -84,6 +84,8 @@ counters! {
     resets,
     /// Times the device entered STATUS_FATAL.
     fatal_errors,
+    /// Engine panics (a device bug), each recovered by a reset.
+    engine_panics,
     /// vfio-user client connections accepted.
     connections,
     /// vfio-user connections that ended with a protocol error or panic.

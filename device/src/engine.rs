@@ -6,6 +6,7 @@
 //! "Invalidation doorbell" and "Reset" in `docs/hardware.md`).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -303,12 +304,25 @@ impl Engine {
             let timeout = self
                 .next_wakeup()
                 .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
-            match self.rx.recv_timeout(timeout) {
+            let msg = match self.rx.recv_timeout(timeout) {
                 Ok(EngineMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(msg) => self.handle(msg),
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+            };
+            // A bug here must not leave a device whose engine is gone while
+            // its registers still answer: recover the way hardware would,
+            // with a reset the driver sees.
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                if let Some(m) = msg {
+                    self.handle(m);
+                }
+                self.tick();
+            }));
+            if r.is_err() {
+                Counters::inc(&self.sh.counters.engine_panics);
+                log::error!("engine panicked: resetting the device");
+                self.spontaneous_reset();
             }
-            self.tick();
         }
         self.fail_everything(RemoteStatus::Fenced);
     }

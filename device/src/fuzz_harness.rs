@@ -205,8 +205,15 @@ impl Harness {
         self.check_alive();
     }
 
-    /// Panics if the engine thread is gone.
+    /// Panics if the engine thread is gone or ever panicked.
     pub fn check_alive(&self) {
+        let panics = self
+            .dev
+            .shared
+            .counters
+            .engine_panics
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(panics, 0, "the engine panicked");
         let (tx, rx) = sync_channel(1);
         let sent = self
             .dev
