@@ -1,15 +1,24 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * odp-rnic hardware contract v1.0 (docs/hardware.md): registers, queue,
- * command and event formats. Every constant carries the name and value of
- * the contract's tables; device/tests/contract.rs compares them with the
- * document and with device/src/hw.rs. Change all three together.
+ * odp-rnic hardware contract v1.1 (docs/hardware.md): registers, queue,
+ * command and event formats, and the rings of CQs and QPs. Every constant
+ * carries the name and value of the contract's tables;
+ * device/tests/contract.rs compares them with the document and with
+ * device/src/hw.rs. Change all three together.
+ *
+ * The rdma-core provider includes this header too (for the ring layouts):
+ * it needs nothing but <linux/types.h> and static_assert (C11's
+ * <assert.h> in user space), and no layout needs packing.
  */
 #ifndef ODP_RNIC_HW_H
 #define ODP_RNIC_HW_H
 
-#include <linux/build_bug.h>
 #include <linux/types.h>
+#ifdef __KERNEL__
+#include <linux/build_bug.h>
+#else
+#include <assert.h>
+#endif
 
 /* Interface version */
 #define ODPRNIC_VERSION_MAJOR	1
@@ -228,46 +237,47 @@ struct odprnic_cmd {
 	__le16 opcode;		/* ODPRNIC_CMD_* */
 	__le16 flags;		/* per opcode, 0 otherwise */
 	__le32 cookie;		/* echoed in the response */
-	u8 args[56];		/* per opcode */
-} __packed;
+	__u8 args[56];		/* per opcode */
+};
 
 struct odprnic_resp {
 	__le16 opcode;		/* copied from the request */
 	__le16 status;		/* ODPRNIC_STATUS_* */
 	__le32 cookie;
-	u8 out[56];		/* per opcode */
-} __packed;
+	__u8 out[56];		/* per opcode */
+};
 
 /* Event queue: one 64-byte buffer per event. */
 struct odprnic_event {
 	__le16 type;		/* ODPRNIC_EVENT_* */
 	__le16 flags;
 	__le32 seq;		/* +1 per event since reset */
-	u8 data[56];
-} __packed;
+	__u8 data[56];
+};
 
 /* Argument layouts within args/out ("Commands"). */
 struct odprnic_args_create_mr {
 	__le32 pdn;
 	__le32 access;		/* ODPRNIC_ACCESS_* */
-	u8 mode;		/* ODPRNIC_MR_* */
-	u8 page_shift;
-	u8 rsvd[6];
+	__u8 mode;		/* ODPRNIC_MR_* */
+	__u8 page_shift;
+	__u8 rsvd[6];
 	__le64 iova;
 	__le64 length;
-} __packed;
+};
 
 struct odprnic_args_map_pages {
 	__le32 key;
 	__le32 flags;		/* ODPRNIC_MAP_* */
 	__le64 iova;
 	__le32 count;
-} __packed;
+	__le32 rsvd;
+};
 
 struct odprnic_args_resume {
 	__le32 token;
 	__le32 status;
-} __packed;
+};
 
 struct odprnic_out_query_mr {
 	__le32 state;		/* ODPRNIC_MR_STATE_* */
@@ -276,7 +286,7 @@ struct odprnic_out_query_mr {
 	__le64 invalidations;
 	__le64 prefetched_pages;
 	__le64 mapped_pages;
-} __packed;
+};
 
 /* Event data layouts ("Event queue"). */
 struct odprnic_ev_page_fault {
@@ -286,15 +296,138 @@ struct odprnic_ev_page_fault {
 	__le32 flags;		/* ODPRNIC_FAULT_* */
 	__le64 iova;
 	__le64 length;
-} __packed;
+};
 
-static_assert(sizeof(struct odprnic_cmd) == ODPRNIC_CMD_SIZE);
-static_assert(sizeof(struct odprnic_resp) == ODPRNIC_RESP_SIZE);
-static_assert(sizeof(struct odprnic_event) == ODPRNIC_EVENT_SIZE);
-static_assert(sizeof(struct odprnic_args_create_mr) == 32);
-static_assert(sizeof(struct odprnic_args_map_pages) == 20);
-static_assert(sizeof(struct odprnic_out_query_mr) == 40);
-static_assert(sizeof(struct odprnic_ev_page_fault) == 32);
-static_assert(ODPRNIC_MAP_MAX * sizeof(u64) == 4096);
+/* Interface 1.1 argument layouts ("Completion queues, queue pairs ..."). */
+struct odprnic_args_create_cq {
+	__le64 buf;		/* guest-physical, page-aligned */
+	__le32 size;		/* CQEs */
+	__le16 vector;
+	__le16 db_page;
+};
+
+struct odprnic_args_create_qp {
+	__le64 buf;
+	__le32 pdn;
+	__le32 send_cqn;
+	__le32 recv_cqn;
+	__le32 sq_size;
+	__le32 rq_size;
+	__u8 type;		/* ODPRNIC_QPT_* */
+	__u8 flags;		/* ODPRNIC_QP_KERNEL, ODPRNIC_QP_SIG_ALL */
+	__le16 db_page;
+};
+
+/* MODIFY_QP args; QUERY_QP returns the same layout in out. */
+struct odprnic_qp_attr {
+	__le32 qpn;
+	__le32 mask;		/* ODPRNIC_QP_ATTR_* */
+	__u8 state;		/* ODPRNIC_QPS_* */
+	__u8 path_mtu;		/* enum ib_mtu */
+	__u8 retry_cnt;
+	__u8 rnr_retry;
+	__le32 dest_qpn;
+	__le32 qkey;
+	__le32 access;		/* ODPRNIC_ACCESS_REMOTE_* */
+	__le32 sq_psn;
+	__le32 rq_psn;
+	__u8 dgid[16];
+	__u8 min_rnr_timer;
+	__u8 timeout;
+	__u8 rsvd[6];
+};
+
+struct odprnic_args_create_ah {
+	__le32 pdn;
+	__u8 rsvd0[4];
+	__u8 dgid[16];
+	__u8 dmac[6];
+	__u8 hop_limit;
+	__u8 traffic_class;
+	__le32 flow_label;
+	__u8 sgid[16];
+	__u8 gid_type;		/* ODPRNIC_GID_* */
+	__u8 rsvd1[3];
+};
+
+struct odprnic_ev_qp_error {
+	__le32 qpn;
+	__le32 syndrome;	/* ODPRNIC_WC_* */
+};
+
+/* Rings ("Where rings live", "Work queue entries", "Completion ..."). */
+struct odprnic_qp_hdr {
+	__le32 sq_prod;		/* software: WQEs posted to the SQ */
+	__le32 sq_cons;		/* device: SQ WQEs consumed */
+	__le32 rq_prod;		/* software: WQEs posted to the RQ */
+	__le32 rq_cons;		/* device: RQ WQEs consumed */
+	__u8 reserved[48];
+};
+
+struct odprnic_cq_hdr {
+	__le32 cons;		/* software: CQEs consumed */
+	__le32 prod;		/* device: CQEs written */
+	__u8 reserved[56];
+};
+
+struct odprnic_sge {
+	__le64 addr;
+	__le32 length;
+	__le32 lkey;
+};
+
+struct odprnic_wqe {
+	__le64 wr_id;
+	__u8 opcode;		/* ODPRNIC_WR_*; RQ: 0 */
+	__u8 flags;		/* ODPRNIC_WQE_F_* */
+	__u8 num_sge;
+	__u8 reserved0;
+	__be32 imm_data;	/* as on the wire */
+	__le64 remote_addr;
+	__le32 rkey;
+	__le32 ah;		/* UD */
+	__le64 compare_add;
+	__le64 swap;
+	__le32 remote_qpn;	/* UD */
+	__le32 remote_qkey;	/* UD */
+	__le32 inline_len;	/* with ODPRNIC_WQE_F_INLINE */
+	__le32 reserved1;
+	union {
+		struct odprnic_sge sge[ODPRNIC_MAX_SGE];
+		__u8 inline_data[ODPRNIC_MAX_INLINE];
+	};
+};
+
+struct odprnic_cqe {
+	__le64 wr_id;
+	__le32 byte_len;
+	__be32 imm_data;
+	__le32 qpn;		/* the local QP */
+	__le32 src_qp;		/* UD and GSI */
+	__u8 status;		/* ODPRNIC_WC_* */
+	__u8 opcode;		/* ODPRNIC_CQE_OP_* */
+	__u8 flags;		/* ODPRNIC_CQE_F_* */
+	__u8 owner;
+	__le16 pkey_index;
+	__le16 reserved;
+};
+
+static_assert(sizeof(struct odprnic_cmd) == ODPRNIC_CMD_SIZE, "cmd");
+static_assert(sizeof(struct odprnic_resp) == ODPRNIC_RESP_SIZE, "resp");
+static_assert(sizeof(struct odprnic_event) == ODPRNIC_EVENT_SIZE, "event");
+static_assert(sizeof(struct odprnic_args_create_mr) == 32, "create_mr");
+static_assert(sizeof(struct odprnic_args_map_pages) == 24, "map_pages");
+static_assert(sizeof(struct odprnic_out_query_mr) == 40, "query_mr");
+static_assert(sizeof(struct odprnic_ev_page_fault) == 32, "page_fault");
+static_assert(ODPRNIC_MAP_MAX * sizeof(__u64) == 4096, "map_max");
+static_assert(sizeof(struct odprnic_args_create_cq) == 16, "create_cq");
+static_assert(sizeof(struct odprnic_args_create_qp) == 32, "create_qp");
+static_assert(sizeof(struct odprnic_qp_attr) == 56, "qp_attr");
+static_assert(sizeof(struct odprnic_args_create_ah) == 56, "create_ah");
+static_assert(sizeof(struct odprnic_qp_hdr) == 64, "qp_hdr");
+static_assert(sizeof(struct odprnic_cq_hdr) == 64, "cq_hdr");
+static_assert(sizeof(struct odprnic_sge) == 16, "sge");
+static_assert(sizeof(struct odprnic_wqe) == ODPRNIC_WQE_SIZE, "wqe");
+static_assert(sizeof(struct odprnic_cqe) == ODPRNIC_CQE_SIZE, "cqe");
 
 #endif /* ODP_RNIC_HW_H */
