@@ -80,6 +80,18 @@ counters! {
     bad_register_reads,
     /// Interrupts signalled.
     interrupts,
+    /// Send WQEs taken from send queues.
+    wqes,
+    /// CQEs written.
+    cqes,
+    /// QPs moved to ERR by an error.
+    qp_errors,
+    /// Doorbells through the wrong page, or naming no object.
+    bad_doorbells,
+    /// Times a requester waited for a receive buffer (receiver not ready).
+    rnr_waits,
+    /// UD/GSI datagrams dropped at the receiver.
+    datagrams_dropped,
     /// Device resets (register, vfio-user or fault plan).
     resets,
     /// Times the device entered STATUS_FATAL.

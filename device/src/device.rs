@@ -289,6 +289,34 @@ impl Device {
         Ok(())
     }
 
+    /// Doorbell BAR read: doorbells are write-only and read 0.
+    pub fn db_read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        if !in_bounds(offset, data.len(), crate::pci::DB_BAR_SIZE) {
+            return Err(bad_access());
+        }
+        data.fill(0);
+        Ok(())
+    }
+
+    /// Doorbell BAR write: forwarded to the engine, never waited for.
+    pub fn db_write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if !in_bounds(offset, data.len(), crate::pci::DB_BAR_SIZE) {
+            Counters::inc(&self.shared.counters.bad_doorbells);
+            return Err(bad_access());
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            Counters::inc(&self.shared.counters.bad_doorbells);
+            return Ok(());
+        }
+        let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        self.send(EngineMsg::Doorbell {
+            page: (offset / hw::DB_PAGE_SIZE) as u32,
+            offset: offset % hw::DB_PAGE_SIZE,
+            value,
+        });
+        Ok(())
+    }
+
     /// BAR 0 read.
     pub fn reg_read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
         if !in_bounds(offset, data.len(), hw::BAR_REGS_SIZE) {
@@ -319,8 +347,8 @@ impl Device {
             hw::REG_FATAL_CODE => sh.fatal_code.load(Ordering::SeqCst),
             hw::REG_MAX_PD => mr::MAX_PD,
             hw::REG_MAX_MR => mr::MAX_MR,
-            hw::REG_MAX_CQ => 0,
-            hw::REG_MAX_QP => 0,
+            hw::REG_MAX_CQ => crate::verbs::MAX_CQ,
+            hw::REG_MAX_QP => crate::verbs::MAX_QP,
             hw::REG_MAX_MR_PAGES => hw::MAX_MR_PAGES as u32,
             hw::REG_MAC_LO => u32::from_le_bytes([MAC[0], MAC[1], MAC[2], MAC[3]]),
             hw::REG_MAC_HI => u32::from_le_bytes([MAC[4], MAC[5], 0, 0]),

@@ -22,6 +22,7 @@ use crate::fault_plan::FaultKind;
 use crate::hw;
 use crate::mr::{AccessError, CreateMr, MrError, Tables, Translation};
 use crate::port::{Port, RemoteOp, RemoteOpKind, RemoteResult, RemoteStatus, MAX_INJECT_LEN};
+use crate::verbs::Verbs;
 
 /// Tokens of timed-out accesses remembered so their late RESUME succeeds.
 const MAX_EXPIRED_TOKENS: usize = 65536;
@@ -88,6 +89,15 @@ pub enum EngineMsg {
         /// Reply channel.
         reply: SyncSender<Option<MrInfo>>,
     },
+    /// A doorbell page was written (BAR 4).
+    Doorbell {
+        /// Page number.
+        page: u32,
+        /// Offset within the page (`DB_SQ`, `DB_RQ`, `DB_CQ_ARM`).
+        offset: u64,
+        /// Value written.
+        value: u32,
+    },
     /// The fault plan changed (wakes the engine).
     Wake,
     /// Stop the thread.
@@ -134,7 +144,7 @@ pub fn build_queue(regs: &QueueRegs, mem: &GuestMemoryMmap) -> Option<Queue> {
     q.is_valid(mem).then_some(q)
 }
 
-struct Pending {
+pub(crate) struct Pending {
     op: RemoteOp,
     port: Arc<dyn Port>,
     id: u64,
@@ -158,9 +168,13 @@ impl Pending {
     }
 }
 
-struct Parked {
-    key: u32,
-    access: Option<Pending>,
+pub(crate) struct Parked {
+    pub(crate) key: u32,
+    /// A remote operation from a port.
+    pub(crate) access: Option<Pending>,
+    /// A work request at the head of a QP: (qpn, the faulting MR is the
+    /// responder's).
+    pub(crate) wr: Option<(u32, bool)>,
 }
 
 /// A popped chain: head index and its descriptors.
@@ -176,19 +190,23 @@ struct Completion {
 
 /// The engine state, owned by its thread.
 pub struct Engine {
-    sh: Arc<Shared>,
+    pub(crate) sh: Arc<Shared>,
     rx: Receiver<EngineMsg>,
-    epoch: u64,
+    pub(crate) epoch: u64,
     cmdq: Option<Box<Queue>>,
     eq: Option<Box<Queue>>,
-    fatal: bool,
-    fenced: bool,
+    pub(crate) fatal: bool,
+    pub(crate) fenced: bool,
     backlog: VecDeque<[u8; 64]>,
     event_seq: u32,
-    tables: Tables,
+    pub(crate) tables: Tables,
+    /// CQs, QPs and AHs.
+    pub(crate) verbs: Verbs,
+    /// Requester QPs waiting for a receive buffer, by responder QPN.
+    pub(crate) rnr_waiters: BTreeMap<u32, Vec<u32>>,
     /// Translation entries held by all MRs (kept in step with `tables`).
     mapped_total: u64,
-    parked: BTreeMap<u32, Parked>,
+    pub(crate) parked: BTreeMap<u32, Parked>,
     expired: VecDeque<u32>,
     next_token: u32,
     acks: VecDeque<(Instant, u32)>,
@@ -286,6 +304,8 @@ impl Engine {
             backlog: VecDeque::new(),
             event_seq: 0,
             tables: Tables::default(),
+            verbs: Verbs::default(),
+            rnr_waiters: BTreeMap::new(),
             mapped_total: 0,
             parked: BTreeMap::new(),
             expired: VecDeque::new(),
@@ -386,6 +406,11 @@ impl Engine {
             }
             EngineMsg::CmdNotify => self.process_cmdq(),
             EngineMsg::EqNotify => self.flush_events(),
+            EngineMsg::Doorbell {
+                page,
+                offset,
+                value,
+            } => self.doorbell(page, offset, value),
             EngineMsg::Invalidate {
                 epoch,
                 key,
@@ -408,6 +433,7 @@ impl Engine {
                     }
                     self.flush_events();
                     self.process_cmdq();
+                    self.run_all_sqs();
                 }
             }
             EngineMsg::Remote {
@@ -460,6 +486,8 @@ impl Engine {
     fn local_reset(&mut self, epoch: u64) {
         self.fail_everything(RemoteStatus::RemoteAccessError);
         self.tables.clear();
+        self.verbs.clear();
+        self.rnr_waiters.clear();
         self.mapped_total = 0;
         self.sh
             .oracle
@@ -498,7 +526,7 @@ impl Engine {
 
     // ---- events -------------------------------------------------------
 
-    fn post_event(&mut self, ty: u16, data: &[u8; 56]) {
+    pub(crate) fn post_event(&mut self, ty: u16, data: &[u8; 56]) {
         if self.fatal {
             return;
         }
@@ -516,7 +544,7 @@ impl Engine {
         self.flush_events();
     }
 
-    fn signal(&self, vector: u32) {
+    pub(crate) fn signal(&self, vector: u32) {
         if self.sh.irqs.signal(vector) {
             Counters::inc(&self.sh.counters.interrupts);
         }
@@ -809,6 +837,7 @@ impl Engine {
         let r: Result<(), MrError> = match cmd.opcode {
             hw::CMD_NOP => Ok(()),
             hw::CMD_CREATE_PD => self.tables.create_pd().map(|pdn| out.u32(0, pdn)),
+            hw::CMD_DESTROY_PD if self.verbs.uses_pd(cmd.u32(0)) => Err(MrError::Busy),
             hw::CMD_DESTROY_PD => self.tables.destroy_pd(cmd.u32(0)),
             hw::CMD_CREATE_MR => {
                 let args = CreateMr {
@@ -839,6 +868,22 @@ impl Engine {
                 }
                 None => Err(MrError::BadHandle),
             },
+            hw::CMD_CREATE_CQ
+            | hw::CMD_DESTROY_CQ
+            | hw::CMD_CREATE_QP
+            | hw::CMD_MODIFY_QP
+            | hw::CMD_QUERY_QP
+            | hw::CMD_DESTROY_QP
+            | hw::CMD_CREATE_AH
+            | hw::CMD_DESTROY_AH => {
+                return match self.verbs_command(cmd, &mut out.0) {
+                    Ok(()) => (hw::STATUS_OK, out.0),
+                    Err(e) => {
+                        log::debug!("command {:#x}: {e}", cmd.opcode);
+                        (e.status(), out.0)
+                    }
+                };
+            }
             op => {
                 log::debug!("unknown opcode {op:#x}");
                 return (hw::STATUS_BAD_OPCODE, out.0);
@@ -873,12 +918,18 @@ impl Engine {
             .map(|(t, _)| *t)
             .collect();
         for t in tokens {
-            if let Some(a) = self.parked.remove(&t).and_then(|p| p.access) {
+            let Some(p) = self.parked.remove(&t) else {
+                continue;
+            };
+            if let Some(a) = p.access {
                 a.finish(
                     &self.sh.counters,
                     RemoteStatus::RemoteAccessError,
                     Vec::new(),
                 );
+            }
+            if let Some((qpn, remote)) = p.wr {
+                self.fail_head_wr(qpn, remote);
             }
         }
     }
@@ -949,6 +1000,19 @@ impl Engine {
             "resume",
             serde_json::json!({ "token": token, "status": status }),
         );
+        if let Some((qpn, remote)) = parked.wr {
+            if self.sh.fire(FaultKind::FailResume).is_some() {
+                self.fail_head_wr(qpn, remote);
+                return (hw::STATUS_INJECTED, out);
+            }
+            if status != 0 {
+                Counters::inc(&self.sh.counters.resume_errors);
+                self.fail_head_wr(qpn, remote);
+            } else {
+                self.unstall(qpn);
+            }
+            return (hw::STATUS_OK, out);
+        }
         let Some(access) = parked.access else {
             // the requester gave up already; the answer is still accepted
             self.expired.retain(|t| *t != token);
@@ -1080,7 +1144,7 @@ impl Engine {
 
     // ---- remote operations --------------------------------------------
 
-    fn alloc_token(&mut self) -> u32 {
+    pub(crate) fn alloc_token(&mut self) -> u32 {
         loop {
             let t = self.next_token;
             self.next_token = self.next_token.wrapping_add(1).max(1);
@@ -1136,6 +1200,7 @@ impl Engine {
                     Parked {
                         key,
                         access: Some(p),
+                        wr: None,
                     },
                 );
                 self.sh.trace.record(

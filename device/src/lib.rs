@@ -15,6 +15,7 @@
 
 pub mod control;
 pub mod counters;
+pub mod datapath;
 pub mod device;
 pub mod dma;
 pub mod engine;
@@ -28,3 +29,5 @@ pub mod pci;
 pub mod port;
 pub mod server;
 pub mod trace;
+pub mod verbs;
+pub mod wqe;

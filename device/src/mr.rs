@@ -430,6 +430,11 @@ impl Tables {
         Ok(self.pds.len() as u32 - 1)
     }
 
+    /// Whether PD `pdn` exists.
+    pub fn pd_exists(&self, pdn: u32) -> bool {
+        matches!(self.pds.get(pdn as usize), Some(Some(_)))
+    }
+
     /// Destroys a PD without MRs.
     pub fn destroy_pd(&mut self, pdn: u32) -> Result<(), MrError> {
         let pd = self.pds.get_mut(pdn as usize).ok_or(MrError::BadHandle)?;

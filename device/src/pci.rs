@@ -17,6 +17,9 @@ pub const MSIX_CAP_OFFSET: usize = 0x80;
 /// Command register bit: Bus Master Enable.
 pub const COMMAND_BUS_MASTER: u16 = 0x4;
 
+/// Size of BAR 4, the doorbell pages.
+pub const DB_BAR_SIZE: u64 = hw::DB_PAGES as u64 * hw::DB_PAGE_SIZE;
+
 const COMMAND: usize = 0x04;
 const BAR0: usize = 0x10;
 const ROM: usize = 0x30;
@@ -44,6 +47,7 @@ fn bar_size(n: usize) -> u64 {
     match n as u32 {
         hw::BAR_REGS => hw::BAR_REGS_SIZE,
         hw::BAR_MSIX => hw::BAR_MSIX_SIZE,
+        hw::BAR_DB => DB_BAR_SIZE,
         _ => 0,
     }
 }
@@ -206,6 +210,8 @@ mod tests {
         assert_eq!(rd32(&c, 0x18), 0xffff_f000);
         c.write(0x14, &0xffff_ffffu32.to_le_bytes());
         assert_eq!(rd32(&c, 0x14), 0);
+        c.write(0x20, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(rd32(&c, 0x20), 0xfff0_0000);
         c.write(0x30, &0xffff_ffffu32.to_le_bytes());
         assert_eq!(rd32(&c, 0x30), 0);
         c.write(0x10, &0xfebf_0000u32.to_le_bytes());

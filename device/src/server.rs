@@ -14,8 +14,8 @@ use vfio_bindings::bindings::vfio::{
     vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
     VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_BAR4_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
 
@@ -47,6 +47,7 @@ pub fn regions() -> Vec<ServerRegion> {
             let size = match index {
                 VFIO_PCI_BAR0_REGION_INDEX => hw::BAR_REGS_SIZE,
                 VFIO_PCI_BAR2_REGION_INDEX => hw::BAR_MSIX_SIZE,
+                VFIO_PCI_BAR4_REGION_INDEX => crate::pci::DB_BAR_SIZE,
                 VFIO_PCI_CONFIG_REGION_INDEX => CONFIG_SIZE as u64,
                 _ => 0,
             };
@@ -113,6 +114,7 @@ impl ServerBackend for Backend {
         match region {
             VFIO_PCI_BAR0_REGION_INDEX => self.dev.reg_read(offset, data),
             VFIO_PCI_BAR2_REGION_INDEX => self.dev.msix_read(offset, data),
+            VFIO_PCI_BAR4_REGION_INDEX => self.dev.db_read(offset, data),
             VFIO_PCI_CONFIG_REGION_INDEX => self.dev.config_read(offset, data),
             _ => Err(invalid()),
         }
@@ -122,6 +124,7 @@ impl ServerBackend for Backend {
         match region {
             VFIO_PCI_BAR0_REGION_INDEX => self.dev.reg_write(offset, data),
             VFIO_PCI_BAR2_REGION_INDEX => self.dev.msix_write(offset, data),
+            VFIO_PCI_BAR4_REGION_INDEX => self.dev.db_write(offset, data),
             VFIO_PCI_CONFIG_REGION_INDEX => self.dev.config_write(offset, data),
             _ => Err(invalid()),
         }

@@ -552,3 +552,334 @@ pub fn inject(td: &TestDevice, req: Value) -> std::thread::JoinHandle<Value> {
     let dev = td.dev.clone();
     std::thread::spawn(move || Control::new(dev).handle_line(&line))
 }
+
+// ---- interface 1.1: CQs, QPs, AHs, doorbells ----
+
+/// A parsed CQE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wc {
+    pub wr_id: u64,
+    pub byte_len: u32,
+    pub imm: [u8; 4],
+    pub qpn: u32,
+    pub src_qp: u32,
+    pub status: u8,
+    pub opcode: u8,
+    pub flags: u8,
+}
+
+/// A CQ as the driver sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct TCq {
+    pub cqn: u32,
+    pub off: u64,
+    pub size: u32,
+    pub cons: u32,
+    pub db_page: u16,
+}
+
+/// A QP as the driver sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct TQp {
+    pub qpn: u32,
+    pub off: u64,
+    pub sq_size: u32,
+    pub rq_size: u32,
+    pub sq_prod: u32,
+    pub rq_prod: u32,
+    pub db_page: u16,
+}
+
+/// Bytes of a send WQE.
+#[derive(Clone, Debug, Default)]
+pub struct SendWr {
+    pub wr_id: u64,
+    pub opcode: u8,
+    pub flags: u8,
+    pub imm: [u8; 4],
+    pub remote_addr: u64,
+    pub rkey: u32,
+    pub ah: u32,
+    pub compare_add: u64,
+    pub swap: u64,
+    pub remote_qpn: u32,
+    pub remote_qkey: u32,
+    /// (addr, length, lkey)
+    pub sges: Vec<(u64, u32, u32)>,
+    pub inline: Option<Vec<u8>>,
+}
+
+impl SendWr {
+    pub fn bytes(&self) -> [u8; 128] {
+        let mut b = [0u8; 128];
+        b[0..8].copy_from_slice(&self.wr_id.to_le_bytes());
+        b[8] = self.opcode;
+        b[9] = self.flags;
+        b[12..16].copy_from_slice(&self.imm);
+        b[16..24].copy_from_slice(&self.remote_addr.to_le_bytes());
+        b[24..28].copy_from_slice(&self.rkey.to_le_bytes());
+        b[28..32].copy_from_slice(&self.ah.to_le_bytes());
+        b[32..40].copy_from_slice(&self.compare_add.to_le_bytes());
+        b[40..48].copy_from_slice(&self.swap.to_le_bytes());
+        b[48..52].copy_from_slice(&self.remote_qpn.to_le_bytes());
+        b[52..56].copy_from_slice(&self.remote_qkey.to_le_bytes());
+        if let Some(d) = &self.inline {
+            b[9] |= hw::WQE_F_INLINE;
+            b[56..60].copy_from_slice(&(d.len() as u32).to_le_bytes());
+            b[64..64 + d.len()].copy_from_slice(d);
+        } else {
+            b[10] = self.sges.len() as u8;
+            for (i, (a, l, k)) in self.sges.iter().enumerate() {
+                let o = 64 + i * 16;
+                b[o..o + 8].copy_from_slice(&a.to_le_bytes());
+                b[o + 8..o + 12].copy_from_slice(&l.to_le_bytes());
+                b[o + 12..o + 16].copy_from_slice(&k.to_le_bytes());
+            }
+        }
+        b
+    }
+}
+
+/// Where ring buffers go in RAM (bump allocation, 1 MiB area).
+pub const RING_AREA: u64 = 0x80_0000;
+
+impl Driver {
+    fn alloc_ring(&mut self, bytes: u64) -> u64 {
+        // the test driver keeps a bump pointer in RAM offset 0xff8
+        let mut next = self.ram.r64(0xff8);
+        if next == 0 {
+            next = RING_AREA;
+        }
+        let off = next;
+        let end = (off + bytes + 0xfff) & !0xfff;
+        self.ram.w64(0xff8, end);
+        self.ram.write(off, &vec![0u8; bytes as usize]);
+        off
+    }
+
+    pub fn create_cq_raw(&mut self, buf: u64, size: u32, vector: u16, db_page: u16) -> Resp {
+        let mut a = [0u8; 16];
+        a[0..8].copy_from_slice(&buf.to_le_bytes());
+        a[8..12].copy_from_slice(&size.to_le_bytes());
+        a[12..14].copy_from_slice(&vector.to_le_bytes());
+        a[14..16].copy_from_slice(&db_page.to_le_bytes());
+        self.cmd(hw::CMD_CREATE_CQ, &a, None)
+    }
+
+    pub fn create_cq(&mut self, size: u32, vector: u16, db_page: u16) -> TCq {
+        let off = self.alloc_ring(4096 + u64::from(size) * 32);
+        let r = self.create_cq_raw(RAM_GPA + off, size, vector, db_page);
+        assert_eq!(r.status, hw::STATUS_OK, "CREATE_CQ");
+        TCq {
+            cqn: r.u32(0),
+            off,
+            size,
+            cons: 0,
+            db_page,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_qp_raw(
+        &mut self,
+        buf: u64,
+        pd: u32,
+        scq: u32,
+        rcq: u32,
+        sq: u32,
+        rq: u32,
+        qtype: u8,
+        flags: u8,
+        db_page: u16,
+    ) -> Resp {
+        let mut a = [0u8; 32];
+        a[0..8].copy_from_slice(&buf.to_le_bytes());
+        a[8..12].copy_from_slice(&pd.to_le_bytes());
+        a[12..16].copy_from_slice(&scq.to_le_bytes());
+        a[16..20].copy_from_slice(&rcq.to_le_bytes());
+        a[20..24].copy_from_slice(&sq.to_le_bytes());
+        a[24..28].copy_from_slice(&rq.to_le_bytes());
+        a[28] = qtype;
+        a[29] = flags;
+        a[30..32].copy_from_slice(&db_page.to_le_bytes());
+        self.cmd(hw::CMD_CREATE_QP, &a, None)
+    }
+
+    pub fn create_qp(
+        &mut self,
+        pd: u32,
+        scq: &TCq,
+        rcq: &TCq,
+        qtype: u8,
+        flags: u8,
+        db_page: u16,
+    ) -> TQp {
+        let (sq, rq) = (16u32, 16u32);
+        let off = self.alloc_ring(4096 + u64::from(sq + rq) * 128);
+        let r = self.create_qp_raw(
+            RAM_GPA + off,
+            pd,
+            scq.cqn,
+            rcq.cqn,
+            sq,
+            rq,
+            qtype,
+            flags,
+            db_page,
+        );
+        assert_eq!(r.status, hw::STATUS_OK, "CREATE_QP");
+        TQp {
+            qpn: r.u32(0),
+            off,
+            sq_size: sq,
+            rq_size: rq,
+            sq_prod: 0,
+            rq_prod: 0,
+            db_page,
+        }
+    }
+
+    /// MODIFY_QP with the given mask and fields.
+    #[allow(clippy::too_many_arguments)]
+    pub fn modify_qp(
+        &mut self,
+        qpn: u32,
+        mask: u32,
+        state: u8,
+        dest_qpn: u32,
+        qkey: u32,
+        access: u32,
+        rnr_retry: u8,
+    ) -> Resp {
+        let mut a = [0u8; 50];
+        a[0..4].copy_from_slice(&qpn.to_le_bytes());
+        a[4..8].copy_from_slice(&mask.to_le_bytes());
+        a[8] = state;
+        a[9] = 5;
+        a[10] = 7;
+        a[11] = rnr_retry;
+        a[12..16].copy_from_slice(&dest_qpn.to_le_bytes());
+        a[16..20].copy_from_slice(&qkey.to_le_bytes());
+        a[20..24].copy_from_slice(&access.to_le_bytes());
+        a[24..28].copy_from_slice(&100u32.to_le_bytes());
+        a[28..32].copy_from_slice(&200u32.to_le_bytes());
+        a[48] = 12;
+        a[49] = 14;
+        self.cmd(hw::CMD_MODIFY_QP, &a, None)
+    }
+
+    /// RESET → INIT → RTR → RTS for an RC QP connected to `dest`.
+    pub fn connect_rc(&mut self, qpn: u32, dest: u32, rnr_retry: u8) {
+        let all = hw::ACCESS_REMOTE_WRITE | hw::ACCESS_REMOTE_READ | hw::ACCESS_REMOTE_ATOMIC;
+        let s = hw::QP_ATTR_STATE;
+        assert_eq!(
+            self.modify_qp(qpn, s | hw::QP_ATTR_ACCESS, hw::QPS_INIT, 0, 0, all, 0)
+                .status,
+            hw::STATUS_OK
+        );
+        let rtr =
+            s | hw::QP_ATTR_PATH | hw::QP_ATTR_MTU | hw::QP_ATTR_DEST_QPN | hw::QP_ATTR_RQ_PSN;
+        assert_eq!(
+            self.modify_qp(qpn, rtr, hw::QPS_RTR, dest, 0, 0, 0).status,
+            hw::STATUS_OK
+        );
+        let rts = s | hw::QP_ATTR_SQ_PSN | hw::QP_ATTR_RETRY;
+        assert_eq!(
+            self.modify_qp(qpn, rts, hw::QPS_RTS, 0, 0, 0, rnr_retry)
+                .status,
+            hw::STATUS_OK
+        );
+    }
+
+    /// RESET → INIT → RTR → RTS for a UD (or GSI) QP.
+    pub fn ready_ud(&mut self, qpn: u32, qkey: u32) {
+        let s = hw::QP_ATTR_STATE;
+        assert_eq!(
+            self.modify_qp(qpn, s | hw::QP_ATTR_QKEY, hw::QPS_INIT, 0, qkey, 0, 0)
+                .status,
+            hw::STATUS_OK
+        );
+        assert_eq!(
+            self.modify_qp(qpn, s, hw::QPS_RTR, 0, 0, 0, 0).status,
+            hw::STATUS_OK
+        );
+        assert_eq!(
+            self.modify_qp(qpn, s | hw::QP_ATTR_SQ_PSN, hw::QPS_RTS, 0, 0, 0, 0)
+                .status,
+            hw::STATUS_OK
+        );
+    }
+
+    pub fn db(&mut self, page: u16, reg: u64, v: u32) {
+        let off = u64::from(page) * hw::DB_PAGE_SIZE + reg;
+        self.client.region_write(4, off, &v.to_le_bytes()).unwrap();
+    }
+
+    /// Posts a send WQE and rings the SQ doorbell.
+    pub fn post_send(&mut self, qp: &mut TQp, wr: &SendWr) {
+        let slot = qp.off + 4096 + u64::from(qp.sq_prod & (qp.sq_size - 1)) * 128;
+        self.ram.write(slot, &wr.bytes());
+        qp.sq_prod = qp.sq_prod.wrapping_add(1);
+        self.ram.w32(qp.off, qp.sq_prod);
+        self.db(qp.db_page, hw::DB_SQ, qp.qpn);
+    }
+
+    /// Posts a receive WQE and rings the RQ doorbell.
+    pub fn post_recv(&mut self, qp: &mut TQp, wr_id: u64, sges: &[(u64, u32, u32)]) {
+        let wr = SendWr {
+            wr_id,
+            sges: sges.to_vec(),
+            ..Default::default()
+        };
+        let slot = qp.off
+            + 4096
+            + u64::from(qp.sq_size) * 128
+            + u64::from(qp.rq_prod & (qp.rq_size - 1)) * 128;
+        self.ram.write(slot, &wr.bytes());
+        qp.rq_prod = qp.rq_prod.wrapping_add(1);
+        self.ram.w32(qp.off + 8, qp.rq_prod);
+        self.db(qp.db_page, hw::DB_RQ, qp.qpn);
+    }
+
+    /// Takes every new CQE.
+    pub fn poll_cq(&mut self, cq: &mut TCq) -> Vec<Wc> {
+        let mut out = Vec::new();
+        loop {
+            let slot = cq.off + 4096 + u64::from(cq.cons & (cq.size - 1)) * 32;
+            let b = self.ram.read(slot, 32);
+            let want = (((cq.cons / cq.size) & 1) ^ 1) as u8;
+            if b[27] != want {
+                break;
+            }
+            out.push(Wc {
+                wr_id: u64::from_le_bytes(b[0..8].try_into().unwrap()),
+                byte_len: u32::from_le_bytes(b[8..12].try_into().unwrap()),
+                imm: b[12..16].try_into().unwrap(),
+                qpn: u32::from_le_bytes(b[16..20].try_into().unwrap()),
+                src_qp: u32::from_le_bytes(b[20..24].try_into().unwrap()),
+                status: b[24],
+                opcode: b[25],
+                flags: b[26],
+            });
+            cq.cons = cq.cons.wrapping_add(1);
+            self.ram.w32(cq.off, cq.cons);
+        }
+        out
+    }
+
+    /// Waits for `n` CQEs.
+    pub fn wait_cq(&mut self, cq: &mut TCq, n: usize) -> Vec<Wc> {
+        let t = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.extend(self.poll_cq(cq));
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{} of {n} CQEs: {out:?}",
+                out.len()
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        out
+    }
+}

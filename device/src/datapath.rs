@@ -1,0 +1,1131 @@
+// SPDX-License-Identifier: Apache-2.0 OR MIT
+//! The data path of interface 1.1, run by the engine: CQ/QP/AH commands,
+//! doorbells, send-queue processing, requester and responder over the
+//! loopback port, CQEs, flushes, and page faults that park the work
+//! request at the head of its QP ("Completion queues, queue pairs and
+//! address handles" in `docs/hardware.md`).
+//!
+//! A work request is planned before any byte moves: every SGE and the
+//! remote range are translated first, so a page fault anywhere parks it
+//! with nothing done, and `RESUME` restarts it from its start.
+
+use vm_memory::{GuestAddress, GuestMemory};
+
+use crate::counters::Counters;
+use crate::dma::{Atomic, DmaError, MrAccess};
+use crate::engine::{Engine, Parked};
+use crate::fault_plan::FaultKind;
+use crate::hw;
+use crate::mr::Translation;
+use crate::verbs::{Ah, CreateCq, CreateQp, Modify, Qp, QpAttrs, QpType, VerbsError};
+use crate::wqe::{grh, Cqe, Sge, Wqe};
+
+/// A contiguous piece of a transfer.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    /// Through an MR translation (checked by the oracle).
+    Mr(MrAccess, u64),
+    /// A guest-physical range (`PHYS_LKEY` on a kernel QP).
+    Phys(u64, u64),
+}
+
+/// Why a work request did not complete now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fail {
+    /// Requester-side error: complete with this status, QP to ERR.
+    Local(u8),
+    /// Responder NAK: complete with this status, both QPs to ERR.
+    Remote(u8, u32),
+    /// No responder: `WC_RETRY_EXC_ERR`.
+    Retry,
+    /// Receiver not ready (no receive WQE) at this QP.
+    Rnr(u32),
+    /// A page is missing: park.
+    Fault {
+        key: u32,
+        iova: u64,
+        length: u64,
+        write: bool,
+        remote: bool,
+    },
+    /// Bus mastering is off: try again when it is back.
+    Fenced,
+    /// The device was reset meanwhile.
+    Stale,
+}
+
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn le64(b: &[u8], o: usize) -> u64 {
+    u64::from(le32(b, o)) | (u64::from(le32(b, o + 4)) << 32)
+}
+
+/// The first `len` bytes of an SGE list.
+fn trim(sges: &[Sge], mut len: u64) -> Vec<Sge> {
+    let mut out = Vec::new();
+    for s in sges {
+        if len == 0 {
+            break;
+        }
+        let l = u64::from(s.length).min(len);
+        out.push(Sge {
+            length: l as u32,
+            ..*s
+        });
+        len -= l;
+    }
+    out
+}
+
+fn total(sges: &[Sge]) -> u64 {
+    sges.iter().map(|s| u64::from(s.length)).sum()
+}
+
+impl Engine {
+    // ---- commands -----------------------------------------------------
+
+    pub(crate) fn verbs_command(
+        &mut self,
+        cmd: &crate::engine::Command,
+        out: &mut [u8; 56],
+    ) -> Result<(), VerbsError> {
+        let mapped = |dma: &crate::dma::Dma, buf: u64, len: u64| {
+            dma.with_mem_unfenced(|m| {
+                usize::try_from(len).is_ok_and(|l| {
+                    m.check_range(GuestAddress(buf), l, vm_memory::Permissions::ReadWrite)
+                })
+            })
+            .unwrap_or(false)
+        };
+        let a = &cmd.args;
+        let put32 =
+            |out: &mut [u8; 56], o: usize, v: u32| out[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        match cmd.opcode {
+            hw::CMD_CREATE_CQ => {
+                let args = CreateCq {
+                    buf: cmd.u64(0),
+                    size: cmd.u32(8),
+                    vector: u16::from_le_bytes([a[12], a[13]]),
+                    db_page: u16::from_le_bytes([a[14], a[15]]),
+                };
+                let dma = &self.sh.dma;
+                let cqn = self.verbs.create_cq(args, |b, l| mapped(dma, b, l))?;
+                put32(out, 0, cqn);
+            }
+            hw::CMD_DESTROY_CQ => self.verbs.destroy_cq(cmd.u32(0))?,
+            hw::CMD_CREATE_QP => {
+                let args = CreateQp {
+                    buf: cmd.u64(0),
+                    pdn: cmd.u32(8),
+                    send_cqn: cmd.u32(12),
+                    recv_cqn: cmd.u32(16),
+                    sq_size: cmd.u32(20),
+                    rq_size: cmd.u32(24),
+                    qtype: a[28],
+                    flags: a[29],
+                    db_page: u16::from_le_bytes([a[30], a[31]]),
+                };
+                let pd = self.tables.pd_exists(args.pdn);
+                let dma = &self.sh.dma;
+                let qpn = self.verbs.create_qp(args, pd, |b, l| mapped(dma, b, l))?;
+                put32(out, 0, qpn);
+            }
+            hw::CMD_MODIFY_QP => {
+                let qpn = cmd.u32(0);
+                let mut dgid = [0u8; 16];
+                dgid.copy_from_slice(&a[32..48]);
+                let m = Modify {
+                    mask: cmd.u32(4),
+                    state: a[8],
+                    attrs: QpAttrs {
+                        path_mtu: a[9],
+                        retry_cnt: a[10],
+                        rnr_retry: a[11],
+                        dest_qpn: cmd.u32(12),
+                        qkey: cmd.u32(16),
+                        access: cmd.u32(20),
+                        sq_psn: cmd.u32(24),
+                        rq_psn: cmd.u32(28),
+                        dgid,
+                        min_rnr_timer: a[48],
+                        timeout: a[49],
+                    },
+                };
+                let old = self.verbs.modify_qp(qpn, m)?;
+                let new = self.verbs.qps.get(&qpn).map_or(old, |q| q.state);
+                self.sh.trace.record(
+                    "modify_qp",
+                    serde_json::json!({ "qpn": qpn, "from": old, "to": new }),
+                );
+                match new {
+                    hw::QPS_ERR if old != hw::QPS_ERR => {
+                        self.drop_waits(qpn);
+                        self.flush(qpn);
+                    }
+                    hw::QPS_RESET => self.drop_waits(qpn),
+                    hw::QPS_RTS => self.process_sq(qpn),
+                    _ => {}
+                }
+            }
+            hw::CMD_QUERY_QP => {
+                let q = self
+                    .verbs
+                    .qps
+                    .get(&cmd.u32(0))
+                    .ok_or(VerbsError::BadHandle)?;
+                let t = &q.attrs;
+                put32(out, 0, q.qpn);
+                put32(out, 4, 0x1ff);
+                out[8] = q.state;
+                out[9] = t.path_mtu;
+                out[10] = t.retry_cnt;
+                out[11] = t.rnr_retry;
+                put32(out, 12, t.dest_qpn);
+                put32(out, 16, t.qkey);
+                put32(out, 20, t.access);
+                put32(out, 24, t.sq_psn);
+                put32(out, 28, t.rq_psn);
+                out[32..48].copy_from_slice(&t.dgid);
+                out[48] = t.min_rnr_timer;
+                out[49] = t.timeout;
+            }
+            hw::CMD_DESTROY_QP => {
+                let qpn = cmd.u32(0);
+                if !self.verbs.qps.contains_key(&qpn) {
+                    return Err(VerbsError::BadHandle);
+                }
+                self.drop_waits(qpn);
+                self.verbs.destroy_qp(qpn)?;
+            }
+            hw::CMD_CREATE_AH => {
+                let mut dgid = [0u8; 16];
+                dgid.copy_from_slice(&a[8..24]);
+                let mut dmac = [0u8; 6];
+                dmac.copy_from_slice(&a[24..30]);
+                let mut sgid = [0u8; 16];
+                sgid.copy_from_slice(&a[36..52]);
+                let ah = Ah {
+                    pdn: cmd.u32(0),
+                    dgid,
+                    dmac,
+                    hop_limit: a[30],
+                    traffic_class: a[31],
+                    flow_label: cmd.u32(32),
+                    sgid,
+                    gid_type: a[52],
+                };
+                let pd = self.tables.pd_exists(ah.pdn);
+                let n = self.verbs.create_ah(ah, pd)?;
+                put32(out, 0, n);
+            }
+            _ => self.verbs.destroy_ah(cmd.u32(0))?,
+        }
+        Ok(())
+    }
+
+    /// Forgets parked work requests and receiver-not-ready waits of `qpn`.
+    fn drop_waits(&mut self, qpn: u32) {
+        self.parked
+            .retain(|_, p| p.wr.is_none_or(|(q, _)| q != qpn));
+        self.rnr_waiters.remove(&qpn);
+        for w in self.rnr_waiters.values_mut() {
+            w.retain(|q| *q != qpn);
+        }
+        if let Some(q) = self.verbs.qps.get_mut(&qpn) {
+            q.stalled = false;
+        }
+    }
+
+    // ---- doorbells ----------------------------------------------------
+
+    pub(crate) fn doorbell(&mut self, page: u32, offset: u64, value: u32) {
+        let bad = |e: &Engine| Counters::inc(&e.sh.counters.bad_doorbells);
+        match offset {
+            hw::DB_SQ | hw::DB_RQ => {
+                let Some(qp) = self.verbs.qps.get(&value) else {
+                    return bad(self);
+                };
+                if u32::from(qp.db_page) != page {
+                    return bad(self);
+                }
+                if qp.state == hw::QPS_ERR {
+                    return self.flush(value);
+                }
+                if offset == hw::DB_SQ {
+                    self.process_sq(value);
+                } else if let Some(waiters) = self.rnr_waiters.remove(&value) {
+                    for q in waiters {
+                        self.unstall(q);
+                    }
+                }
+            }
+            hw::DB_CQ_ARM => {
+                let cqn = value & !hw::DB_CQ_ARM_SOLICITED;
+                match self.verbs.cqs.get_mut(&cqn) {
+                    Some(cq) if u32::from(cq.db_page) == page => {
+                        cq.armed = Some(value & hw::DB_CQ_ARM_SOLICITED != 0);
+                    }
+                    _ => bad(self),
+                }
+            }
+            _ => bad(self),
+        }
+    }
+
+    /// Lets a stalled QP go on.
+    pub(crate) fn unstall(&mut self, qpn: u32) {
+        if let Some(q) = self.verbs.qps.get_mut(&qpn) {
+            q.stalled = false;
+        }
+        self.process_sq(qpn);
+    }
+
+    pub(crate) fn run_all_sqs(&mut self) {
+        let qpns: Vec<u32> = self.verbs.qps.keys().copied().collect();
+        for q in qpns {
+            self.process_sq(q);
+        }
+    }
+
+    // ---- ring access --------------------------------------------------
+
+    fn read_u32(&self, gpa: u64) -> Result<u32, DmaError> {
+        let mut b = [0u8; 4];
+        self.sh.dma.read(self.epoch, gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn write_u32(&self, gpa: u64, v: u32) -> Result<(), DmaError> {
+        self.sh.dma.write(self.epoch, gpa, &v.to_le_bytes())
+    }
+
+    fn read_wqe(&self, gpa: u64) -> Result<[u8; 128], DmaError> {
+        let mut b = [0u8; 128];
+        self.sh.dma.read(self.epoch, gpa, &mut b)?;
+        Ok(b)
+    }
+
+    /// Writes a CQE; false if the CQ is in error (or becomes so).
+    fn post_cqe(&mut self, cqn: u32, cqe: Cqe, solicited: bool) -> bool {
+        let Some(cq) = self.verbs.cqs.get(&cqn).cloned() else {
+            return false;
+        };
+        if cq.error {
+            return false;
+        }
+        let cons = match self.read_u32(cq.buf) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("CQ {cqn}: header not readable: {e}");
+                return false;
+            }
+        };
+        if cq.prod.wrapping_sub(cons) >= cq.size {
+            log::warn!("CQ {cqn} overflow");
+            return self.cq_error(cqn);
+        }
+        let slot = hw::RING_HDR_SPACE + u64::from(cq.prod & (cq.size - 1)) * hw::CQE_SIZE;
+        let b = cqe.bytes(cq.prod, cq.size);
+        let addr = cq.buf + slot;
+        let r = self
+            .sh
+            .dma
+            .write(self.epoch, addr, &b[..27])
+            .and_then(|()| self.sh.dma.write(self.epoch, addr + 28, &b[28..]))
+            .and_then(|()| self.sh.dma.write(self.epoch, addr + 27, &b[27..28]))
+            .and_then(|()| self.write_u32(cq.buf + 4, cq.prod.wrapping_add(1)));
+        if let Err(e) = r {
+            log::warn!("CQ {cqn}: CQE not writable: {e}");
+            if matches!(e, DmaError::Unmapped(..)) {
+                return self.cq_error(cqn);
+            }
+            return false;
+        }
+        Counters::inc(&self.sh.counters.cqes);
+        let mut fire = None;
+        if let Some(c) = self.verbs.cqs.get_mut(&cqn) {
+            c.prod = c.prod.wrapping_add(1);
+            if let Some(sol_only) = c.armed {
+                if !sol_only || solicited || cqe.status != hw::WC_SUCCESS {
+                    c.armed = None;
+                    fire = Some(u32::from(c.vector));
+                }
+            }
+        }
+        if let Some(v) = fire {
+            self.signal(v);
+        }
+        true
+    }
+
+    fn cq_error(&mut self, cqn: u32) -> bool {
+        if let Some(c) = self.verbs.cqs.get_mut(&cqn) {
+            if c.error {
+                return false;
+            }
+            c.error = true;
+        }
+        let mut d = [0u8; 56];
+        d[..4].copy_from_slice(&cqn.to_le_bytes());
+        self.post_event(hw::EVENT_CQ_ERROR, &d);
+        let users: Vec<u32> = self
+            .verbs
+            .qps
+            .values()
+            .filter(|q| q.send_cqn == cqn || q.recv_cqn == cqn)
+            .map(|q| q.qpn)
+            .collect();
+        for q in users {
+            self.qp_error(q, hw::WC_FATAL_ERR);
+        }
+        false
+    }
+
+    /// Moves a QP to ERR because of `syndrome`, tells the driver, flushes.
+    fn qp_error(&mut self, qpn: u32, syndrome: u8) {
+        let Some(q) = self.verbs.qps.get_mut(&qpn) else {
+            return;
+        };
+        if q.state == hw::QPS_ERR {
+            return;
+        }
+        q.state = hw::QPS_ERR;
+        Counters::inc(&self.sh.counters.qp_errors);
+        self.sh.trace.record(
+            "qp_error",
+            serde_json::json!({ "qpn": qpn, "syndrome": syndrome }),
+        );
+        let mut d = [0u8; 56];
+        d[..4].copy_from_slice(&qpn.to_le_bytes());
+        d[4..8].copy_from_slice(&u32::from(syndrome).to_le_bytes());
+        self.post_event(hw::EVENT_QP_ERROR, &d);
+        self.drop_waits(qpn);
+        self.flush(qpn);
+    }
+
+    /// Completes every outstanding WQE of an ERR QP with `WC_WR_FLUSH_ERR`.
+    fn flush(&mut self, qpn: u32) {
+        let Some(qp) = self.verbs.qps.get(&qpn).cloned() else {
+            return;
+        };
+        if qp.state != hw::QPS_ERR {
+            return;
+        }
+        for sq in [true, false] {
+            let (hdr, cons, size, cqn) = if sq {
+                (qp.buf, qp.sq_cons, qp.sq_size, qp.send_cqn)
+            } else {
+                (qp.buf + 8, qp.rq_cons, qp.rq_size, qp.recv_cqn)
+            };
+            let Ok(prod) = self.read_u32(hdr) else {
+                continue;
+            };
+            let n = prod.wrapping_sub(cons).min(size);
+            for i in 0..n {
+                let idx = cons.wrapping_add(i);
+                let at = if sq { qp.sq_wqe(idx) } else { qp.rq_wqe(idx) };
+                let Ok(raw) = self.read_wqe(at) else {
+                    break;
+                };
+                let cqe = Cqe {
+                    wr_id: le64(&raw, 0),
+                    qpn,
+                    status: hw::WC_WR_FLUSH_ERR,
+                    opcode: if sq { cqe_op(raw[8]) } else { hw::CQE_OP_RECV },
+                    ..Default::default()
+                };
+                self.post_cqe(cqn, cqe, false);
+            }
+            let new = cons.wrapping_add(n);
+            let _ = self.write_u32(hdr + 4, new);
+            if let Some(q) = self.verbs.qps.get_mut(&qpn) {
+                if sq {
+                    q.sq_cons = new;
+                } else {
+                    q.rq_cons = new;
+                }
+            }
+        }
+    }
+
+    // ---- send queue ---------------------------------------------------
+
+    pub(crate) fn process_sq(&mut self, qpn: u32) {
+        loop {
+            if self.fatal || self.fenced {
+                return;
+            }
+            let Some(qp) = self.verbs.qps.get(&qpn).cloned() else {
+                return;
+            };
+            if qp.stalled {
+                return;
+            }
+            if qp.state == hw::QPS_ERR {
+                return self.flush(qpn);
+            }
+            if qp.state != hw::QPS_RTS {
+                return;
+            }
+            let prod = match self.read_u32(qp.buf) {
+                Ok(p) => p,
+                Err(DmaError::Fenced) | Err(DmaError::Stale) => return,
+                Err(_) => return self.qp_error(qpn, hw::WC_LOC_QP_OP_ERR),
+            };
+            let pending = prod.wrapping_sub(qp.sq_cons);
+            if pending == 0 {
+                return;
+            }
+            if pending > qp.sq_size {
+                log::warn!(
+                    "QP {qpn}: sq_prod {prod} runs ahead of sq_cons {}",
+                    qp.sq_cons
+                );
+                return self.qp_error(qpn, hw::WC_LOC_QP_OP_ERR);
+            }
+            let raw = match self.read_wqe(qp.sq_wqe(qp.sq_cons)) {
+                Ok(r) => r,
+                Err(DmaError::Fenced) | Err(DmaError::Stale) => return,
+                Err(_) => return self.qp_error(qpn, hw::WC_LOC_QP_OP_ERR),
+            };
+            Counters::inc(&self.sh.counters.wqes);
+            let wqe = match Wqe::parse(&raw) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::debug!("QP {qpn}: bad WQE: {e}");
+                    let w = Wqe::parse(&{
+                        let mut r = raw;
+                        r[9] = 0;
+                        r[10] = 0;
+                        r
+                    });
+                    let wr_id = w.map_or(le64(&raw, 0), |w| w.wr_id);
+                    self.complete_sq(qpn, wr_id, raw[8], hw::WC_LOC_QP_OP_ERR, 0, true);
+                    return self.qp_error(qpn, hw::WC_LOC_QP_OP_ERR);
+                }
+            };
+            let signaled = wqe.flags & hw::WQE_F_SIGNALED != 0 || qp.flags & hw::QP_SIG_ALL != 0;
+            match self.execute_wr(&qp, &wqe) {
+                Ok(byte_len) => self.complete_sq(
+                    qpn,
+                    wqe.wr_id,
+                    wqe.opcode,
+                    hw::WC_SUCCESS,
+                    byte_len,
+                    signaled,
+                ),
+                Err(Fail::Local(wc)) => {
+                    self.complete_sq(qpn, wqe.wr_id, wqe.opcode, wc, 0, true);
+                    return self.qp_error(qpn, wc);
+                }
+                Err(Fail::Remote(wc, resp)) => {
+                    self.complete_sq(qpn, wqe.wr_id, wqe.opcode, wc, 0, true);
+                    self.qp_error(resp, wc);
+                    return self.qp_error(qpn, wc);
+                }
+                Err(Fail::Retry) => {
+                    self.complete_sq(qpn, wqe.wr_id, wqe.opcode, hw::WC_RETRY_EXC_ERR, 0, true);
+                    return self.qp_error(qpn, hw::WC_RETRY_EXC_ERR);
+                }
+                Err(Fail::Rnr(resp)) => {
+                    if qp.attrs.rnr_retry == 0 {
+                        let wc = hw::WC_RNR_RETRY_EXC_ERR;
+                        self.complete_sq(qpn, wqe.wr_id, wqe.opcode, wc, 0, true);
+                        return self.qp_error(qpn, wc);
+                    }
+                    Counters::inc(&self.sh.counters.rnr_waits);
+                    if let Some(q) = self.verbs.qps.get_mut(&qpn) {
+                        q.stalled = true;
+                    }
+                    self.rnr_waiters.entry(resp).or_default().push(qpn);
+                    return;
+                }
+                Err(Fail::Fault {
+                    key,
+                    iova,
+                    length,
+                    write,
+                    remote,
+                }) => return self.park_wr(qpn, key, iova, length, write, remote),
+                Err(Fail::Fenced) | Err(Fail::Stale) => return,
+            }
+        }
+    }
+
+    fn complete_sq(
+        &mut self,
+        qpn: u32,
+        wr_id: u64,
+        opcode: u8,
+        status: u8,
+        byte_len: u32,
+        cqe: bool,
+    ) {
+        let Some(q) = self.verbs.qps.get_mut(&qpn) else {
+            return;
+        };
+        q.sq_cons = q.sq_cons.wrapping_add(1);
+        let (buf, cons, cqn) = (q.buf, q.sq_cons, q.send_cqn);
+        let _ = self.write_u32(buf + 4, cons);
+        if cqe {
+            let c = Cqe {
+                wr_id,
+                byte_len,
+                qpn,
+                status,
+                opcode: cqe_op(opcode),
+                ..Default::default()
+            };
+            self.post_cqe(cqn, c, false);
+        }
+    }
+
+    /// Completes the head WR of a parked QP with an error (failed RESUME,
+    /// destroyed MR) and moves the QP (and its RC peer) to ERR.
+    pub(crate) fn fail_head_wr(&mut self, qpn: u32, remote: bool) {
+        let Some(qp) = self.verbs.qps.get(&qpn).cloned() else {
+            return;
+        };
+        if let Some(q) = self.verbs.qps.get_mut(&qpn) {
+            q.stalled = false;
+        }
+        let wc = if remote {
+            hw::WC_REM_ACCESS_ERR
+        } else {
+            hw::WC_LOC_PROT_ERR
+        };
+        if let Ok(raw) = self.read_wqe(qp.sq_wqe(qp.sq_cons)) {
+            self.complete_sq(qpn, le64(&raw, 0), raw[8], wc, 0, true);
+        }
+        if remote && qp.qtype == QpType::Rc {
+            self.qp_error(qp.attrs.dest_qpn, wc);
+        }
+        self.qp_error(qpn, wc);
+    }
+
+    fn park_wr(&mut self, qpn: u32, key: u32, iova: u64, length: u64, write: bool, remote: bool) {
+        let counters = self.sh.counters.clone();
+        if let Some(mr) = self.tables.get_mut(key) {
+            mr.faults = mr.faults.saturating_add(1);
+        }
+        Counters::inc(&counters.page_faults);
+        if let Some(q) = self.verbs.qps.get_mut(&qpn) {
+            q.stalled = true;
+        }
+        let token = self.alloc_token();
+        self.parked.insert(
+            token,
+            Parked {
+                key,
+                access: None,
+                wr: Some((qpn, remote)),
+            },
+        );
+        self.sh.trace.record(
+            "page_fault",
+            serde_json::json!({ "token": token, "key": key, "qpn": qpn, "iova": iova,
+                "length": length, "write": write }),
+        );
+        if self.sh.fire(FaultKind::DropFault).is_some() {
+            Counters::inc(&counters.page_faults_dropped);
+            return;
+        }
+        let mut d = [0u8; 56];
+        d[0..4].copy_from_slice(&token.to_le_bytes());
+        d[4..8].copy_from_slice(&key.to_le_bytes());
+        d[8..12].copy_from_slice(&qpn.to_le_bytes());
+        let flags = if write { hw::FAULT_WRITE } else { 0 };
+        d[12..16].copy_from_slice(&flags.to_le_bytes());
+        d[16..24].copy_from_slice(&iova.to_le_bytes());
+        d[24..32].copy_from_slice(&length.to_le_bytes());
+        self.post_event(hw::EVENT_PAGE_FAULT, &d);
+        if self.sh.fire(FaultKind::DupFault).is_some() {
+            Counters::inc(&counters.page_faults_duplicated);
+            self.post_event(hw::EVENT_PAGE_FAULT, &d);
+        }
+    }
+
+    // ---- planning -----------------------------------------------------
+
+    /// Pieces of local SGEs of `qp` (requester SGEs, or a receiver's
+    /// buffers); `remote` says which side a failure belongs to.
+    fn local_pieces(
+        &self,
+        qp: &Qp,
+        sges: &[Sge],
+        write: bool,
+        remote: bool,
+    ) -> Result<Vec<Piece>, Fail> {
+        let prot = |wc: u8| {
+            if remote {
+                Fail::Remote(wc, qp.qpn)
+            } else {
+                Fail::Local(wc)
+            }
+        };
+        let mut out = Vec::new();
+        for s in sges {
+            let len = u64::from(s.length);
+            if len == 0 {
+                continue;
+            }
+            if s.lkey == hw::PHYS_LKEY {
+                if qp.flags & hw::QP_KERNEL == 0 || s.addr.checked_add(len).is_none() {
+                    return Err(prot(hw::WC_LOC_PROT_ERR));
+                }
+                out.push(Piece::Phys(s.addr, len));
+                continue;
+            }
+            let mr = self.tables.get(s.lkey).ok_or(prot(hw::WC_LOC_PROT_ERR))?;
+            if mr.pdn != qp.pdn {
+                return Err(prot(hw::WC_LOC_PROT_ERR));
+            }
+            let access = if write { hw::ACCESS_LOCAL_WRITE } else { 0 };
+            match mr.translate(s.addr, len, access, write) {
+                Err(_) => return Err(prot(hw::WC_LOC_PROT_ERR)),
+                Ok(Translation::Fault { iova, length }) => {
+                    return Err(Fail::Fault {
+                        key: s.lkey,
+                        iova,
+                        length,
+                        write,
+                        remote,
+                    })
+                }
+                Ok(Translation::Ready(segs)) => out.extend(segs.into_iter().map(|g| {
+                    Piece::Mr(
+                        MrAccess {
+                            key: s.lkey,
+                            qpn: qp.qpn,
+                            iova: g.iova,
+                            mr_offset: g.mr_offset,
+                            page: g.page,
+                            gpa: g.gpa,
+                            perform_stale: mr.rogue_write,
+                        },
+                        g.len,
+                    )
+                })),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pieces of a responder's MR named by `rkey`.
+    fn remote_pieces(
+        &self,
+        resp: &Qp,
+        rkey: u32,
+        va: u64,
+        len: u64,
+        right: u32,
+        write: bool,
+    ) -> Result<Vec<Piece>, Fail> {
+        let nak = Fail::Remote(hw::WC_REM_ACCESS_ERR, resp.qpn);
+        if resp.attrs.access & right == 0 {
+            return Err(nak);
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mr = self.tables.get(rkey).ok_or(nak)?;
+        if mr.pdn != resp.pdn {
+            return Err(nak);
+        }
+        match mr.translate(va, len, right, write) {
+            Err(_) => Err(nak),
+            Ok(Translation::Fault { iova, length }) => Err(Fail::Fault {
+                key: rkey,
+                iova,
+                length,
+                write,
+                remote: true,
+            }),
+            Ok(Translation::Ready(segs)) => Ok(segs
+                .into_iter()
+                .map(|g| {
+                    Piece::Mr(
+                        MrAccess {
+                            key: rkey,
+                            qpn: resp.qpn,
+                            iova: g.iova,
+                            mr_offset: g.mr_offset,
+                            page: g.page,
+                            gpa: g.gpa,
+                            perform_stale: mr.rogue_write,
+                        },
+                        g.len,
+                    )
+                })
+                .collect()),
+        }
+    }
+
+    fn dma_fail(&self, e: DmaError, remote: Option<u32>) -> Fail {
+        match e {
+            DmaError::Fenced => Fail::Fenced,
+            DmaError::Stale => Fail::Stale,
+            _ => {
+                Counters::inc(&self.sh.counters.dma_errors);
+                match remote {
+                    Some(q) => Fail::Remote(hw::WC_REM_ACCESS_ERR, q),
+                    None => Fail::Local(hw::WC_LOC_PROT_ERR),
+                }
+            }
+        }
+    }
+
+    fn gather(&self, pieces: &[Piece], remote: Option<u32>) -> Result<Vec<u8>, Fail> {
+        let mut out = Vec::new();
+        for p in pieces {
+            let start = out.len();
+            let r = match p {
+                Piece::Mr(acc, len) => {
+                    out.resize(start + *len as usize, 0);
+                    self.sh.dma.mr_read(self.epoch, acc, &mut out[start..])
+                }
+                Piece::Phys(gpa, len) => {
+                    out.resize(start + *len as usize, 0);
+                    self.sh.dma.read(self.epoch, *gpa, &mut out[start..])
+                }
+            };
+            match r {
+                Ok(()) | Err(DmaError::Suppressed) => {}
+                Err(e) => return Err(self.dma_fail(e, remote)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn scatter(&self, pieces: &[Piece], data: &[u8], remote: Option<u32>) -> Result<(), Fail> {
+        let mut off = 0usize;
+        for p in pieces {
+            let (r, n) = match p {
+                Piece::Mr(acc, len) => {
+                    let n = *len as usize;
+                    (
+                        self.sh.dma.mr_write(self.epoch, acc, &data[off..off + n]),
+                        n,
+                    )
+                }
+                Piece::Phys(gpa, len) => {
+                    let n = *len as usize;
+                    (self.sh.dma.write(self.epoch, *gpa, &data[off..off + n]), n)
+                }
+            };
+            off += n;
+            match r {
+                Ok(()) | Err(DmaError::Suppressed) => {}
+                Err(e) => return Err(self.dma_fail(e, remote)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next receive WQE of `qp`, without taking it.
+    fn peek_rq(&self, qp: &Qp) -> Result<Option<Wqe>, Fail> {
+        let prod = self
+            .read_u32(qp.buf + 8)
+            .map_err(|e| self.dma_fail(e, Some(qp.qpn)))?;
+        let pending = prod.wrapping_sub(qp.rq_cons);
+        if pending == 0 {
+            return Ok(None);
+        }
+        if pending > qp.rq_size {
+            return Err(Fail::Remote(hw::WC_REM_OP_ERR, qp.qpn));
+        }
+        let raw = self
+            .read_wqe(qp.rq_wqe(qp.rq_cons))
+            .map_err(|e| self.dma_fail(e, Some(qp.qpn)))?;
+        Wqe::parse(&raw)
+            .map(Some)
+            .map_err(|_| Fail::Remote(hw::WC_REM_OP_ERR, qp.qpn))
+    }
+
+    /// Takes the receive WQE `peek_rq` returned and completes it.
+    fn complete_rq(&mut self, qpn: u32, cqe: Cqe, solicited: bool) {
+        let Some(q) = self.verbs.qps.get_mut(&qpn) else {
+            return;
+        };
+        q.rq_cons = q.rq_cons.wrapping_add(1);
+        let (buf, cons, cqn) = (q.buf, q.rq_cons, q.recv_cqn);
+        let _ = self.write_u32(buf + 12, cons);
+        self.post_cqe(cqn, cqe, solicited);
+    }
+
+    // ---- execution ----------------------------------------------------
+
+    /// Runs one send WQE to completion; Ok(byte_len for the CQE).
+    fn execute_wr(&mut self, qp: &Qp, w: &Wqe) -> Result<u32, Fail> {
+        if self.sh.fire(FaultKind::FailDma).is_some() {
+            Counters::inc(&self.sh.counters.dma_errors);
+            return Err(Fail::Local(hw::WC_LOC_PROT_ERR));
+        }
+        let len = w.length().ok_or(Fail::Local(hw::WC_LOC_LEN_ERR))?;
+        if qp.qtype.datagram() {
+            return self.execute_ud(qp, w, len);
+        }
+        let dest = qp.attrs.dest_qpn;
+        let resp = match self.verbs.qps.get(&dest) {
+            Some(r) if r.qtype == QpType::Rc && r.can_receive() && r.attrs.dest_qpn == qp.qpn => {
+                r.clone()
+            }
+            // no responder on any port (the injector's QP semantics are
+            // not served yet): the requester's retries run out
+            _ => return Err(Fail::Retry),
+        };
+        let inline = w.flags & hw::WQE_F_INLINE != 0;
+        let solicited = w.flags & hw::WQE_F_SOLICITED != 0;
+        match w.opcode {
+            hw::WR_SEND | hw::WR_SEND_IMM => {
+                let lp = if inline {
+                    Vec::new()
+                } else {
+                    self.local_pieces(qp, &w.sges, false, false)?
+                };
+                let Some(rqe) = self.peek_rq(&resp)? else {
+                    return Err(Fail::Rnr(resp.qpn));
+                };
+                if total(&rqe.sges) < len {
+                    let c = Cqe {
+                        wr_id: rqe.wr_id,
+                        qpn: resp.qpn,
+                        status: hw::WC_LOC_LEN_ERR,
+                        opcode: hw::CQE_OP_RECV,
+                        ..Default::default()
+                    };
+                    self.complete_rq(resp.qpn, c, false);
+                    return Err(Fail::Remote(hw::WC_REM_INV_REQ_ERR, resp.qpn));
+                }
+                let rp = self
+                    .local_pieces(&resp, &trim(&rqe.sges, len), true, true)
+                    .map_err(|f| match f {
+                        Fail::Remote(_, q) => Fail::Remote(hw::WC_REM_OP_ERR, q),
+                        other => other,
+                    })?;
+                let data = if inline {
+                    w.inline.clone()
+                } else {
+                    self.gather(&lp, None)?
+                };
+                self.scatter(&rp, &data, Some(resp.qpn))?;
+                let imm = w.opcode == hw::WR_SEND_IMM;
+                let c = Cqe {
+                    wr_id: rqe.wr_id,
+                    byte_len: len as u32,
+                    imm: if imm { w.imm } else { [0; 4] },
+                    qpn: resp.qpn,
+                    src_qp: qp.qpn,
+                    status: hw::WC_SUCCESS,
+                    opcode: hw::CQE_OP_RECV,
+                    flags: if imm { hw::CQE_F_IMM } else { 0 },
+                };
+                self.complete_rq(resp.qpn, c, solicited);
+                Ok(len as u32)
+            }
+            hw::WR_RDMA_WRITE | hw::WR_RDMA_WRITE_IMM => {
+                let lp = if inline {
+                    Vec::new()
+                } else {
+                    self.local_pieces(qp, &w.sges, false, false)?
+                };
+                let rp = self.remote_pieces(
+                    &resp,
+                    w.rkey,
+                    w.remote_addr,
+                    len,
+                    hw::ACCESS_REMOTE_WRITE,
+                    true,
+                )?;
+                let imm = w.opcode == hw::WR_RDMA_WRITE_IMM;
+                let rqe = if imm {
+                    match self.peek_rq(&resp)? {
+                        Some(r) => Some(r),
+                        None => return Err(Fail::Rnr(resp.qpn)),
+                    }
+                } else {
+                    None
+                };
+                let data = if inline {
+                    w.inline.clone()
+                } else {
+                    self.gather(&lp, None)?
+                };
+                self.scatter(&rp, &data, Some(resp.qpn))?;
+                if let Some(rqe) = rqe {
+                    let c = Cqe {
+                        wr_id: rqe.wr_id,
+                        byte_len: len as u32,
+                        imm: w.imm,
+                        qpn: resp.qpn,
+                        src_qp: qp.qpn,
+                        status: hw::WC_SUCCESS,
+                        opcode: hw::CQE_OP_RECV_RDMA_WITH_IMM,
+                        flags: hw::CQE_F_IMM,
+                    };
+                    self.complete_rq(resp.qpn, c, solicited);
+                }
+                Ok(len as u32)
+            }
+            hw::WR_RDMA_READ => {
+                if inline {
+                    return Err(Fail::Local(hw::WC_LOC_QP_OP_ERR));
+                }
+                let rp = self.remote_pieces(
+                    &resp,
+                    w.rkey,
+                    w.remote_addr,
+                    len,
+                    hw::ACCESS_REMOTE_READ,
+                    false,
+                )?;
+                let lp = self.local_pieces(qp, &w.sges, true, false)?;
+                let data = self.gather(&rp, Some(resp.qpn))?;
+                self.scatter(&lp, &data, None)?;
+                Ok(len as u32)
+            }
+            hw::WR_ATOMIC_CMP_SWP | hw::WR_ATOMIC_FETCH_ADD => {
+                if inline || len != 8 {
+                    return Err(Fail::Local(hw::WC_LOC_LEN_ERR));
+                }
+                if !w.remote_addr.is_multiple_of(8) {
+                    return Err(Fail::Remote(hw::WC_REM_INV_REQ_ERR, resp.qpn));
+                }
+                let rp = self.remote_pieces(
+                    &resp,
+                    w.rkey,
+                    w.remote_addr,
+                    8,
+                    hw::ACCESS_REMOTE_ATOMIC,
+                    true,
+                )?;
+                let lp = self.local_pieces(qp, &w.sges, true, false)?;
+                let op = if w.opcode == hw::WR_ATOMIC_CMP_SWP {
+                    Atomic::CmpSwp {
+                        compare: w.compare_add,
+                        swap: w.swap,
+                    }
+                } else {
+                    Atomic::FetchAdd(w.compare_add)
+                };
+                let old = match rp.first() {
+                    Some(Piece::Mr(acc, _)) => match self.sh.dma.mr_atomic(self.epoch, acc, op) {
+                        Ok(v) => v,
+                        Err(DmaError::Suppressed) => 0,
+                        Err(e) => return Err(self.dma_fail(e, Some(resp.qpn))),
+                    },
+                    _ => return Err(Fail::Remote(hw::WC_REM_ACCESS_ERR, resp.qpn)),
+                };
+                self.scatter(&lp, &old.to_le_bytes(), None)?;
+                Ok(8)
+            }
+            _ => Err(Fail::Local(hw::WC_LOC_QP_OP_ERR)),
+        }
+    }
+
+    /// UD and GSI: a datagram through an address handle. Delivery failures
+    /// at the receiver drop the datagram; the sender completes anyway.
+    fn execute_ud(&mut self, qp: &Qp, w: &Wqe, len: u64) -> Result<u32, Fail> {
+        if w.opcode != hw::WR_SEND && w.opcode != hw::WR_SEND_IMM {
+            return Err(Fail::Local(hw::WC_LOC_QP_OP_ERR));
+        }
+        let ah = match self.verbs.ahs.get(&w.ah) {
+            Some(a) if a.pdn == qp.pdn => a.clone(),
+            _ => return Err(Fail::Local(hw::WC_LOC_QP_OP_ERR)),
+        };
+        if len > 4096 {
+            return Err(Fail::Local(hw::WC_LOC_LEN_ERR));
+        }
+        let lp = if w.flags & hw::WQE_F_INLINE != 0 {
+            Vec::new()
+        } else {
+            self.local_pieces(qp, &w.sges, false, false)?
+        };
+        let qkey = if w.remote_qkey & 0x8000_0000 != 0 {
+            qp.attrs.qkey
+        } else {
+            w.remote_qkey
+        };
+        let target = match self.verbs.qps.get(&w.remote_qpn) {
+            Some(t) if t.qtype.datagram() && t.can_receive() && t.attrs.qkey == qkey => t.clone(),
+            _ => {
+                Counters::inc(&self.sh.counters.datagrams_dropped);
+                return Ok(len as u32);
+            }
+        };
+        let rqe = match self.peek_rq(&target) {
+            Ok(Some(r)) => r,
+            _ => {
+                Counters::inc(&self.sh.counters.datagrams_dropped);
+                return Ok(len as u32);
+            }
+        };
+        let need = len + 40;
+        if total(&rqe.sges) < need {
+            let c = Cqe {
+                wr_id: rqe.wr_id,
+                qpn: target.qpn,
+                status: hw::WC_LOC_LEN_ERR,
+                opcode: hw::CQE_OP_RECV,
+                ..Default::default()
+            };
+            self.complete_rq(target.qpn, c, false);
+            return Ok(len as u32);
+        }
+        let rp = match self.local_pieces(&target, &trim(&rqe.sges, need), true, true) {
+            Ok(p) => p,
+            Err(f @ Fail::Fault { .. }) => return Err(f),
+            Err(_) => {
+                Counters::inc(&self.sh.counters.datagrams_dropped);
+                return Ok(len as u32);
+            }
+        };
+        let mut data = grh(
+            &ah.sgid,
+            &ah.dgid,
+            ah.traffic_class,
+            ah.flow_label,
+            ah.hop_limit,
+            len as u16,
+        )
+        .to_vec();
+        if w.flags & hw::WQE_F_INLINE != 0 {
+            data.extend_from_slice(&w.inline);
+        } else {
+            data.extend(self.gather(&lp, None)?);
+        }
+        if let Err(f) = self.scatter(&rp, &data, Some(target.qpn)) {
+            if matches!(f, Fail::Fenced | Fail::Stale) {
+                return Err(f);
+            }
+            Counters::inc(&self.sh.counters.datagrams_dropped);
+            return Ok(len as u32);
+        }
+        let imm = w.opcode == hw::WR_SEND_IMM;
+        let c = Cqe {
+            wr_id: rqe.wr_id,
+            byte_len: need as u32,
+            imm: if imm { w.imm } else { [0; 4] },
+            qpn: target.qpn,
+            src_qp: qp.qpn,
+            status: hw::WC_SUCCESS,
+            opcode: hw::CQE_OP_RECV,
+            flags: hw::CQE_F_GRH | if imm { hw::CQE_F_IMM } else { 0 },
+        };
+        self.complete_rq(target.qpn, c, w.flags & hw::WQE_F_SOLICITED != 0);
+        Ok(len as u32)
+    }
+}
+
+/// The CQE opcode of a send WQE opcode.
+fn cqe_op(wr: u8) -> u8 {
+    match wr {
+        hw::WR_RDMA_WRITE | hw::WR_RDMA_WRITE_IMM => hw::CQE_OP_RDMA_WRITE,
+        hw::WR_RDMA_READ => hw::CQE_OP_RDMA_READ,
+        hw::WR_ATOMIC_CMP_SWP => hw::CQE_OP_COMP_SWAP,
+        hw::WR_ATOMIC_FETCH_ADD => hw::CQE_OP_FETCH_ADD,
+        _ => hw::CQE_OP_SEND,
+    }
+}

@@ -1,0 +1,817 @@
+// SPDX-License-Identifier: Apache-2.0 OR MIT
+//! Interface 1.1 data path through vfio-user: CQs, QPs, doorbell pages,
+//! RC over the loopback port (SEND/RECV, WRITE, READ, atomics, immediate
+//! data), errors and flushes, receiver-not-ready, ODP faults that park a
+//! work request, UD with address handles, CQ arming.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use odp_rnic::fault_plan::FaultPlan;
+use odp_rnic::hw;
+use serde_json::json;
+
+const VA: u64 = 0x7f00_0000_0000;
+
+struct Setup {
+    td: TestDevice,
+    d: Driver,
+    pd: u32,
+    key: u32,
+    cq_a: TCq,
+    cq_b: TCq,
+    a: TQp,
+    b: TQp,
+}
+
+/// Two connected RC QPs on one PD, and a pinned MR over RAM DATA.. (64 pages).
+fn rc_pair(rnr_retry: u8) -> Setup {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_PINNED, VA, 64 * 4096);
+    d.map_pages(key, VA, DATA, 64);
+    let cq_a = d.create_cq(64, 2, 1);
+    let cq_b = d.create_cq(64, 3, 2);
+    let a = d.create_qp(pd, &cq_a, &cq_a, hw::QPT_RC, 0, 1);
+    let b = d.create_qp(pd, &cq_b, &cq_b, hw::QPT_RC, 0, 2);
+    d.connect_rc(a.qpn, b.qpn, rnr_retry);
+    d.connect_rc(b.qpn, a.qpn, rnr_retry);
+    Setup {
+        td,
+        d,
+        pd,
+        key,
+        cq_a,
+        cq_b,
+        a,
+        b,
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn registers_and_objects() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    assert!(d.rd(hw::REG_MAX_QP) > 2);
+    assert!(d.rd(hw::REG_MAX_CQ) > 0);
+    assert_eq!(
+        d.client.region(4).unwrap().size,
+        u64::from(hw::DB_PAGES) * hw::DB_PAGE_SIZE
+    );
+    let pd = d.create_pd();
+    let cq = d.create_cq(16, 2, 0);
+    // bad CQs
+    assert_eq!(
+        d.create_cq_raw(RAM_GPA + 0x90_0000, 3, 2, 0).status,
+        hw::STATUS_BAD_PARAM
+    );
+    assert_eq!(
+        d.create_cq_raw(RAM_GPA + 0x90_0800, 16, 2, 0).status,
+        hw::STATUS_BAD_PARAM
+    );
+    assert_eq!(
+        d.create_cq_raw(RAM_GPA + 0x90_0000, 16, 16, 0).status,
+        hw::STATUS_BAD_PARAM
+    );
+    assert_eq!(
+        d.create_cq_raw(0x1000, 16, 2, 0).status,
+        hw::STATUS_BAD_PARAM,
+        "not DMA-mapped"
+    );
+    assert_eq!(
+        d.create_cq_raw(RAM_GPA + 0x90_0000, 16, 2, 256).status,
+        hw::STATUS_BAD_PARAM
+    );
+    // bad QPs
+    let b = RAM_GPA + 0x90_0000;
+    assert_eq!(
+        d.create_qp_raw(b, pd + 9, cq.cqn, cq.cqn, 16, 16, hw::QPT_RC, 0, 0)
+            .status,
+        hw::STATUS_BAD_HANDLE
+    );
+    assert_eq!(
+        d.create_qp_raw(b, pd, cq.cqn + 9, cq.cqn, 16, 16, hw::QPT_RC, 0, 0)
+            .status,
+        hw::STATUS_BAD_HANDLE
+    );
+    assert_eq!(
+        d.create_qp_raw(b, pd, cq.cqn, cq.cqn, 12, 16, hw::QPT_RC, 0, 0)
+            .status,
+        hw::STATUS_BAD_PARAM
+    );
+    assert_eq!(
+        d.create_qp_raw(b, pd, cq.cqn, cq.cqn, 16, 16, 3, 0, 0)
+            .status,
+        hw::STATUS_BAD_PARAM
+    );
+    assert_eq!(
+        d.create_qp_raw(b, pd, cq.cqn, cq.cqn, 16, 16, hw::QPT_RC, 0x80, 0)
+            .status,
+        hw::STATUS_BAD_PARAM
+    );
+    let qp = d.create_qp(pd, &cq, &cq, hw::QPT_RC, 0, 0);
+    assert!(qp.qpn >= 2);
+    let gsi = d.create_qp(pd, &cq, &cq, hw::QPT_GSI, hw::QP_KERNEL, 0);
+    assert_eq!(gsi.qpn, 1);
+    assert_eq!(
+        d.create_qp_raw(b, pd, cq.cqn, cq.cqn, 16, 16, hw::QPT_GSI, 0, 0)
+            .status,
+        hw::STATUS_BUSY
+    );
+    assert_eq!(
+        d.key_cmd(hw::CMD_DESTROY_CQ, cq.cqn).status,
+        hw::STATUS_BUSY
+    );
+    assert_eq!(d.key_cmd(hw::CMD_DESTROY_PD, pd).status, hw::STATUS_BUSY);
+    // the state machine
+    let s = hw::QP_ATTR_STATE;
+    assert_eq!(
+        d.modify_qp(qp.qpn, s, hw::QPS_INIT, 0, 0, 0, 0).status,
+        hw::STATUS_BAD_PARAM,
+        "RC INIT needs access"
+    );
+    assert_eq!(
+        d.modify_qp(qp.qpn, s | hw::QP_ATTR_ACCESS, hw::QPS_RTS, 0, 0, 0, 0)
+            .status,
+        hw::STATUS_BAD_PARAM
+    );
+    assert_eq!(
+        d.modify_qp(qp.qpn, s | 0x400, hw::QPS_INIT, 0, 0, 0, 0)
+            .status,
+        hw::STATUS_BAD_PARAM
+    );
+    d.connect_rc(qp.qpn, 77, 7);
+    let q = d.key_cmd(hw::CMD_QUERY_QP, qp.qpn);
+    assert_eq!(q.status, hw::STATUS_OK);
+    assert_eq!(q.u32(0), qp.qpn);
+    assert_eq!(q.out[8], hw::QPS_RTS);
+    assert_eq!(q.out[9], 5, "path_mtu");
+    assert_eq!(q.u32(12), 77, "dest_qpn");
+    assert_eq!(q.u32(24), 100, "sq_psn");
+    assert_eq!(q.u32(28), 200, "rq_psn");
+    assert_eq!(q.out[11], 7, "rnr_retry");
+    assert_eq!(
+        d.modify_qp(qp.qpn, s, hw::QPS_ERR, 0, 0, 0, 0).status,
+        hw::STATUS_OK
+    );
+    assert_eq!(
+        d.modify_qp(qp.qpn, s, hw::QPS_RTS, 0, 0, 0, 0).status,
+        hw::STATUS_BAD_PARAM
+    );
+    assert_eq!(
+        d.modify_qp(qp.qpn, s, hw::QPS_RESET, 0, 0, 0, 0).status,
+        hw::STATUS_OK
+    );
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_QP, qp.qpn).out[8], hw::QPS_RESET);
+    // AHs
+    let mut a = [0u8; 53];
+    a[0..4].copy_from_slice(&pd.to_le_bytes());
+    a[52] = 9;
+    assert_eq!(
+        d.cmd(hw::CMD_CREATE_AH, &a, None).status,
+        hw::STATUS_BAD_PARAM
+    );
+    a[52] = hw::GID_ROCE_V2_IPV4;
+    let ah = d.cmd(hw::CMD_CREATE_AH, &a, None);
+    assert_eq!(ah.status, hw::STATUS_OK);
+    assert_eq!(
+        d.key_cmd(hw::CMD_DESTROY_AH, ah.u32(0)).status,
+        hw::STATUS_OK
+    );
+    assert_eq!(
+        d.key_cmd(hw::CMD_DESTROY_AH, ah.u32(0)).status,
+        hw::STATUS_BAD_HANDLE
+    );
+    // teardown
+    for q in [qp.qpn, gsi.qpn] {
+        assert_eq!(d.key_cmd(hw::CMD_DESTROY_QP, q).status, hw::STATUS_OK);
+    }
+    assert_eq!(
+        d.key_cmd(hw::CMD_DESTROY_QP, qp.qpn).status,
+        hw::STATUS_BAD_HANDLE
+    );
+    assert_eq!(d.key_cmd(hw::CMD_DESTROY_CQ, cq.cqn).status, hw::STATUS_OK);
+    assert_eq!(d.key_cmd(hw::CMD_DESTROY_PD, pd).status, hw::STATUS_OK);
+}
+
+#[test]
+fn rc_send_recv_with_immediate() {
+    let mut s = rc_pair(7);
+    let (key, d) = (s.key, &mut s.d);
+    let msg = pattern(6000, 1);
+    d.ram.write(DATA, &msg);
+    d.post_recv(
+        &mut s.b,
+        900,
+        &[(VA + 0x8000, 100, key), (VA + 0x9000, 8000, key)],
+    );
+    let wr = SendWr {
+        wr_id: 42,
+        opcode: hw::WR_SEND_IMM,
+        flags: hw::WQE_F_SIGNALED,
+        imm: [1, 2, 3, 4],
+        sges: vec![(VA, 5000, key), (VA + 5000, 1000, key)],
+        ..Default::default()
+    };
+    d.post_send(&mut s.a, &wr);
+    let wa = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(wa[0].wr_id, 42);
+    assert_eq!(wa[0].status, hw::WC_SUCCESS);
+    assert_eq!(wa[0].opcode, hw::CQE_OP_SEND);
+    assert_eq!(wa[0].qpn, s.a.qpn);
+    let wb = d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(wb[0].wr_id, 900);
+    assert_eq!(wb[0].byte_len, 6000);
+    assert_eq!(wb[0].opcode, hw::CQE_OP_RECV);
+    assert_eq!(wb[0].flags, hw::CQE_F_IMM);
+    assert_eq!(wb[0].imm, [1, 2, 3, 4]);
+    assert_eq!(wb[0].src_qp, s.a.qpn);
+    assert_eq!(d.ram.read(DATA + 0x8000, 100), msg[..100]);
+    assert_eq!(d.ram.read(DATA + 0x9000, 5900), msg[100..]);
+    // the device published its consumer indices
+    assert_eq!(d.ram.r32(s.a.off + 4), 1, "sq_cons");
+    assert_eq!(d.ram.r32(s.b.off + 12), 1, "rq_cons");
+    // unsignaled sends complete without a CQE; inline data
+    d.post_recv(&mut s.b, 901, &[(VA + 0xa000, 64, key)]);
+    let wr = SendWr {
+        wr_id: 43,
+        opcode: hw::WR_SEND,
+        inline: Some(b"inline!".to_vec()),
+        ..Default::default()
+    };
+    d.post_send(&mut s.a, &wr);
+    let wb = d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(wb[0].byte_len, 7);
+    assert_eq!(d.ram.read(DATA + 0xa000, 7), b"inline!");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(d.poll_cq(&mut s.cq_a).is_empty());
+    assert_eq!(s.td.ctl(json!({"op": "violations"}))["count"], 0);
+}
+
+#[test]
+fn rc_write_read_atomics() {
+    let mut s = rc_pair(7);
+    let (key, d) = (s.key, &mut s.d);
+    let msg = pattern(10000, 7);
+    d.ram.write(DATA, &msg);
+    let sig = hw::WQE_F_SIGNALED;
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA + 0x10000,
+            rkey: key,
+            sges: vec![(VA, 10000, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(
+        (w[0].status, w[0].opcode),
+        (hw::WC_SUCCESS, hw::CQE_OP_RDMA_WRITE)
+    );
+    assert_eq!(d.ram.read(DATA + 0x10000, 10000), msg);
+    // READ back into another place
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_RDMA_READ,
+            flags: sig,
+            remote_addr: VA + 0x10000 + 16,
+            rkey: key,
+            sges: vec![(VA + 0x20000, 4000, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(
+        (w[0].status, w[0].opcode, w[0].byte_len),
+        (hw::WC_SUCCESS, hw::CQE_OP_RDMA_READ, 4000)
+    );
+    assert_eq!(d.ram.read(DATA + 0x20000, 4000), msg[16..4016]);
+    // WRITE with immediate consumes a receive
+    d.post_recv(&mut s.b, 77, &[]);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_RDMA_WRITE_IMM,
+            flags: sig,
+            imm: [9, 9, 9, 9],
+            remote_addr: VA + 0x30000,
+            rkey: key,
+            sges: vec![(VA, 300, key)],
+            ..Default::default()
+        },
+    );
+    d.wait_cq(&mut s.cq_a, 1);
+    let wb = d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(
+        (wb[0].wr_id, wb[0].opcode, wb[0].byte_len, wb[0].imm),
+        (77, hw::CQE_OP_RECV_RDMA_WITH_IMM, 300, [9; 4])
+    );
+    // atomics need REMOTE_ATOMIC on the MR
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 9,
+            opcode: hw::WR_ATOMIC_FETCH_ADD,
+            flags: sig,
+            remote_addr: VA + 0x40000,
+            rkey: key,
+            compare_add: 5,
+            sges: vec![(VA + 0x41000, 8, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(w[0].status, hw::WC_REM_ACCESS_ERR);
+    let mut s = rc_pair(7);
+    let d = &mut s.d;
+    let all = hw::ACCESS_LOCAL_WRITE
+        | hw::ACCESS_REMOTE_WRITE
+        | hw::ACCESS_REMOTE_READ
+        | hw::ACCESS_REMOTE_ATOMIC;
+    let key = d
+        .create_mr_raw(s.pd, all, hw::MR_PINNED, VA, 0x42000)
+        .u32(0);
+    d.map_pages(key, VA, DATA, 0x42);
+    d.ram.w64(DATA + 0x40000, 10);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 4,
+            opcode: hw::WR_ATOMIC_FETCH_ADD,
+            flags: sig,
+            remote_addr: VA + 0x40000,
+            rkey: key,
+            compare_add: 5,
+            sges: vec![(VA + 0x41000, 8, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(
+        (w[0].status, w[0].opcode),
+        (hw::WC_SUCCESS, hw::CQE_OP_FETCH_ADD)
+    );
+    assert_eq!(d.ram.r64(DATA + 0x40000), 15);
+    assert_eq!(d.ram.r64(DATA + 0x41000), 10);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 5,
+            opcode: hw::WR_ATOMIC_CMP_SWP,
+            flags: sig,
+            remote_addr: VA + 0x40000,
+            rkey: key,
+            compare_add: 15,
+            swap: 99,
+            sges: vec![(VA + 0x41008, 8, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(w[0].opcode, hw::CQE_OP_COMP_SWAP);
+    assert_eq!(d.ram.r64(DATA + 0x40000), 99);
+    assert_eq!(d.ram.r64(DATA + 0x41008), 15);
+    assert_eq!(s.td.ctl(json!({"op": "violations"}))["count"], 0);
+}
+
+#[test]
+fn remote_access_error_moves_both_qps_to_err_and_flushes() {
+    let mut s = rc_pair(7);
+    let d = &mut s.d;
+    let ro = d
+        .create_mr_raw(s.pd, hw::ACCESS_REMOTE_READ, hw::MR_PINNED, VA, 4096)
+        .u32(0);
+    d.map_pages(ro, VA, DATA, 1);
+    d.post_recv(&mut s.b, 500, &[(VA, 16, s.key)]);
+    let sig = hw::WQE_F_SIGNALED;
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA,
+            rkey: ro,
+            sges: vec![(VA, 8, s.key)],
+            ..Default::default()
+        },
+    );
+    // a second WR behind it, unsignaled: flushed with a CQE anyway
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_SEND,
+            sges: vec![(VA, 8, s.key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 2);
+    assert_eq!((w[0].wr_id, w[0].status), (1, hw::WC_REM_ACCESS_ERR));
+    assert_eq!((w[1].wr_id, w[1].status), (2, hw::WC_WR_FLUSH_ERR));
+    let evs = d.wait_event(hw::EVENT_QP_ERROR);
+    let errs: Vec<u32> = evs
+        .iter()
+        .filter(|e| e.ty == hw::EVENT_QP_ERROR)
+        .map(|e| e.u32(0))
+        .collect();
+    assert!(
+        errs.contains(&s.a.qpn) && errs.contains(&s.b.qpn),
+        "{errs:?}"
+    );
+    // the responder's receive is flushed too
+    let wb = d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!((wb[0].wr_id, wb[0].status), (500, hw::WC_WR_FLUSH_ERR));
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_QP, s.a.qpn).out[8], hw::QPS_ERR);
+    // posting to an ERR QP flushes at once
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_SEND,
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!((w[0].wr_id, w[0].status), (3, hw::WC_WR_FLUSH_ERR));
+    assert_eq!(s.td.counter("qp_errors"), 2);
+}
+
+#[test]
+fn local_errors_and_no_responder() {
+    let mut s = rc_pair(7);
+    let d = &mut s.d;
+    let sig = hw::WQE_F_SIGNALED;
+    // an lkey from nowhere
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA,
+            rkey: s.key,
+            sges: vec![(VA, 8, 0x7777)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(w[0].status, hw::WC_LOC_PROT_ERR);
+    // PHYS_LKEY on a user QP is a protection error
+    let cq = d.create_cq(16, 2, 0);
+    let mut c = d.create_qp(s.pd, &cq, &cq, hw::QPT_RC, 0, 0);
+    let mut k = d.create_qp(s.pd, &cq, &cq, hw::QPT_RC, hw::QP_KERNEL, 0);
+    d.connect_rc(c.qpn, k.qpn, 7);
+    d.connect_rc(k.qpn, c.qpn, 7);
+    d.post_send(
+        &mut c,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA,
+            rkey: s.key,
+            sges: vec![(RAM_GPA + DATA, 8, hw::PHYS_LKEY)],
+            ..Default::default()
+        },
+    );
+    let mut cq2 = cq;
+    let w = d.wait_cq(&mut cq2, 1);
+    assert_eq!((w[0].wr_id, w[0].status), (2, hw::WC_LOC_PROT_ERR));
+    // ... and what a kernel QP may use
+    let qp_c_gone = c.qpn;
+    let _ = qp_c_gone;
+    let mut cq3 = d.create_cq(16, 2, 0);
+    let mut k2 = d.create_qp(s.pd, &cq3, &cq3, hw::QPT_RC, hw::QP_KERNEL, 0);
+    let mut t = d.create_qp(s.pd, &cq3, &cq3, hw::QPT_RC, 0, 0);
+    d.connect_rc(k2.qpn, t.qpn, 7);
+    d.connect_rc(t.qpn, k2.qpn, 7);
+    d.ram.write(DATA + 0x5000, b"physical");
+    d.post_send(
+        &mut k2,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA + 0x6000,
+            rkey: s.key,
+            sges: vec![(RAM_GPA + DATA + 0x5000, 8, hw::PHYS_LKEY)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut cq3, 1);
+    assert_eq!((w[0].wr_id, w[0].status), (3, hw::WC_SUCCESS));
+    assert_eq!(d.ram.read(DATA + 0x6000, 8), b"physical");
+    let _ = (&mut k, &mut t);
+    // an RC QP whose destination does not exist: retries run out
+    let mut cq4 = d.create_cq(16, 2, 0);
+    let mut lone = d.create_qp(s.pd, &cq4, &cq4, hw::QPT_RC, 0, 0);
+    d.connect_rc(lone.qpn, 999, 7);
+    d.post_send(
+        &mut lone,
+        &SendWr {
+            wr_id: 4,
+            opcode: hw::WR_SEND,
+            flags: sig,
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut cq4, 1);
+    assert_eq!((w[0].wr_id, w[0].status), (4, hw::WC_RETRY_EXC_ERR));
+}
+
+#[test]
+fn receiver_not_ready_waits_for_a_receive() {
+    let mut s = rc_pair(7);
+    let d = &mut s.d;
+    d.ram.write(DATA, b"late");
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_SEND,
+            flags: hw::WQE_F_SIGNALED,
+            sges: vec![(VA, 4, s.key)],
+            ..Default::default()
+        },
+    );
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(d.poll_cq(&mut s.cq_a).is_empty(), "waits");
+    assert!(s.td.counter("rnr_waits") >= 1);
+    d.post_recv(&mut s.b, 5, &[(VA + 0x1000, 16, s.key)]);
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(w[0].status, hw::WC_SUCCESS);
+    assert_eq!(d.ram.read(DATA + 0x1000, 4), b"late");
+    // with rnr_retry 0 it fails at once
+    let mut s = rc_pair(0);
+    let d = &mut s.d;
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_SEND,
+            flags: hw::WQE_F_SIGNALED,
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(w[0].status, hw::WC_RNR_RETRY_EXC_ERR);
+}
+
+#[test]
+fn odp_fault_parks_the_work_request_at_the_head_of_its_qp() {
+    let mut s = rc_pair(7);
+    let d = &mut s.d;
+    let odp = d.create_mr(s.pd, hw::MR_ODP, VA + 0x100000, 4 * 4096);
+    d.ram.write(DATA, &pattern(8192, 3));
+    let sig = hw::WQE_F_SIGNALED;
+    // responder-side fault: WRITE into B's ODP MR
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA + 0x100000 + 0x800,
+            rkey: odp,
+            sges: vec![(VA, 8192, s.key)],
+            ..Default::default()
+        },
+    );
+    // and one behind it that must wait
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA + 0x30000,
+            rkey: s.key,
+            sges: vec![(VA, 16, s.key)],
+            ..Default::default()
+        },
+    );
+    let evs = d.wait_event(hw::EVENT_PAGE_FAULT);
+    let f = evs.iter().find(|e| e.ty == hw::EVENT_PAGE_FAULT).unwrap();
+    assert_eq!(f.u32(4), odp);
+    assert_eq!(f.u32(8), s.a.qpn, "the QP that stalls");
+    assert_eq!(f.u32(12), hw::FAULT_WRITE);
+    assert_eq!(f.u64(16), VA + 0x100000);
+    assert_eq!(f.u64(24), 3 * 4096);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(d.poll_cq(&mut s.cq_a).is_empty(), "both wait");
+    d.map_pages(odp, VA + 0x100000, 0x200000, 4);
+    assert_eq!(d.resume(f.u32(0), 0).status, hw::STATUS_OK);
+    let w = d.wait_cq(&mut s.cq_a, 2);
+    assert_eq!(
+        (w[0].wr_id, w[0].status, w[1].wr_id),
+        (1, hw::WC_SUCCESS, 2)
+    );
+    assert_eq!(d.ram.read(0x200800, 8192), pattern(8192, 3));
+    // requester-side fault with an error RESUME: local protection error
+    let lodp = d.create_mr(s.pd, hw::MR_ODP, VA + 0x200000, 4096);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA,
+            rkey: s.key,
+            sges: vec![(VA + 0x200000, 8, lodp)],
+            ..Default::default()
+        },
+    );
+    let evs = d.wait_event(hw::EVENT_PAGE_FAULT);
+    let f = evs.iter().find(|e| e.ty == hw::EVENT_PAGE_FAULT).unwrap();
+    assert_eq!(f.u32(12), 0, "gathering reads");
+    assert_eq!(d.resume(f.u32(0), 1).status, hw::STATUS_OK);
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!((w[0].wr_id, w[0].status), (3, hw::WC_LOC_PROT_ERR));
+    assert_eq!(s.td.ctl(json!({"op": "violations"}))["count"], 0);
+}
+
+#[test]
+fn ud_datagrams_with_grh() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_PINNED, VA, 16 * 4096);
+    d.map_pages(key, VA, DATA, 16);
+    let mut cq = d.create_cq(64, 2, 0);
+    let mut a = d.create_qp(pd, &cq, &cq, hw::QPT_UD, 0, 0);
+    let mut b = d.create_qp(pd, &cq, &cq, hw::QPT_UD, 0, 0);
+    d.ready_ud(a.qpn, 0x1111);
+    d.ready_ud(b.qpn, 0x2222);
+    let mut ah = [0u8; 53];
+    ah[0..4].copy_from_slice(&pd.to_le_bytes());
+    ah[8..24].copy_from_slice(&[0xfe; 16]);
+    ah[30] = 64;
+    ah[36..52].copy_from_slice(&[0xab; 16]);
+    let ahn = d.cmd(hw::CMD_CREATE_AH, &ah, None).u32(0);
+    d.ram.write(DATA, b"datagram");
+    d.post_recv(&mut b, 7, &[(VA + 0x1000, 100, key)]);
+    let wr = SendWr {
+        wr_id: 1,
+        opcode: hw::WR_SEND,
+        flags: hw::WQE_F_SIGNALED,
+        ah: ahn,
+        remote_qpn: b.qpn,
+        remote_qkey: 0x2222,
+        sges: vec![(VA, 8, key)],
+        ..Default::default()
+    };
+    d.post_send(&mut a, &wr);
+    let w = d.wait_cq(&mut cq, 2);
+    let recv = w.iter().find(|c| c.opcode == hw::CQE_OP_RECV).unwrap();
+    assert_eq!(
+        (recv.wr_id, recv.byte_len, recv.src_qp, recv.flags),
+        (7, 48, a.qpn, hw::CQE_F_GRH)
+    );
+    let grh = d.ram.read(DATA + 0x1000, 48);
+    assert_eq!(grh[0] >> 4, 6);
+    assert_eq!(&grh[8..24], &[0xab; 16]);
+    assert_eq!(&grh[24..40], &[0xfe; 16]);
+    assert_eq!(&grh[40..48], b"datagram");
+    // a wrong Q_Key is dropped silently; the sender still completes
+    let wr = SendWr {
+        remote_qkey: 0x3333,
+        wr_id: 2,
+        ..wr
+    };
+    d.post_send(&mut a, &wr);
+    let w = d.wait_cq(&mut cq, 1);
+    assert_eq!((w[0].wr_id, w[0].status), (2, hw::WC_SUCCESS));
+    assert_eq!(td.counter("datagrams_dropped"), 1);
+    // RDMA on a UD QP is a local operation error
+    d.post_send(
+        &mut a,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_RDMA_WRITE,
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut cq, 1);
+    assert_eq!((w[0].wr_id, w[0].status), (3, hw::WC_LOC_QP_OP_ERR));
+}
+
+#[test]
+fn doorbells_and_cq_arming() {
+    let mut s = rc_pair(7);
+    let d = &mut s.d;
+    // another page may not ring a QP
+    let before = s.td.counter("bad_doorbells");
+    d.ram.w32(s.a.off, 1);
+    d.ram.write(
+        s.a.off + 4096,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_SEND,
+            flags: hw::WQE_F_SIGNALED,
+            ..Default::default()
+        }
+        .bytes(),
+    );
+    d.db(7, hw::DB_SQ, s.a.qpn);
+    d.db(s.a.db_page, 0x20, 0);
+    d.client.region_write(4, 2, &[1, 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(s.td.counter("bad_doorbells"), before + 3);
+    assert_eq!(d.ram.r32(s.a.off + 4), 0, "nothing consumed");
+    // arm the receiver's CQ: one interrupt for the next completion
+    d.db(s.cq_b.db_page, hw::DB_CQ_ARM, s.cq_b.cqn);
+    eventfd_count(&d.vectors[3]);
+    s.a.sq_prod = 1;
+    d.post_recv(&mut s.b, 9, &[]);
+    d.db(s.a.db_page, hw::DB_SQ, s.a.qpn);
+    d.wait_cq(&mut s.cq_b, 1);
+    d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(eventfd_count(&d.vectors[3]), 1);
+    d.post_recv(&mut s.b, 10, &[]);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_SEND,
+            ..Default::default()
+        },
+    );
+    d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(eventfd_count(&d.vectors[3]), 0, "disarmed after one");
+    // solicited-only arming ignores unsolicited completions
+    d.db(
+        s.cq_b.db_page,
+        hw::DB_CQ_ARM,
+        s.cq_b.cqn | hw::DB_CQ_ARM_SOLICITED,
+    );
+    d.post_recv(&mut s.b, 11, &[]);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_SEND,
+            ..Default::default()
+        },
+    );
+    d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(eventfd_count(&d.vectors[3]), 0);
+    d.post_recv(&mut s.b, 12, &[]);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 4,
+            opcode: hw::WR_SEND,
+            flags: hw::WQE_F_SOLICITED,
+            ..Default::default()
+        },
+    );
+    d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(eventfd_count(&d.vectors[3]), 1);
+}
+
+#[test]
+fn cq_overflow_is_an_error() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let cq = d.create_cq(2, 2, 0);
+    let mut a = d.create_qp(pd, &cq, &cq, hw::QPT_RC, hw::QP_SIG_ALL, 0);
+    let mut b = d.create_qp(pd, &cq, &cq, hw::QPT_RC, 0, 0);
+    d.connect_rc(a.qpn, b.qpn, 7);
+    d.connect_rc(b.qpn, a.qpn, 7);
+    for i in 0..3 {
+        d.post_recv(&mut b, i, &[]);
+    }
+    for i in 0..3 {
+        d.post_send(
+            &mut a,
+            &SendWr {
+                wr_id: i,
+                opcode: hw::WR_SEND,
+                ..Default::default()
+            },
+        );
+    }
+    let evs = d.wait_event(hw::EVENT_CQ_ERROR);
+    assert!(evs
+        .iter()
+        .any(|e| e.ty == hw::EVENT_CQ_ERROR && e.u32(0) == cq.cqn));
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_QP, a.qpn).out[8], hw::QPS_ERR);
+}
