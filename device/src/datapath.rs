@@ -79,6 +79,40 @@ fn trim(sges: &[Sge], mut len: u64) -> Vec<Sge> {
     out
 }
 
+/// Largest bounce buffer of a copy.
+const BOUNCE: u64 = 64 << 10;
+
+fn piece_len(p: &Piece) -> u64 {
+    match p {
+        Piece::Mr(_, l) | Piece::Phys(_, l) => *l,
+    }
+}
+
+/// Splits a piece after `n` bytes (`n` ≤ its length): head and the rest.
+fn split(p: Piece, n: u64) -> (Piece, Option<Piece>) {
+    match p {
+        Piece::Mr(acc, l) => {
+            let head = Piece::Mr(acc, n);
+            let rest = (n < l).then(|| {
+                Piece::Mr(
+                    MrAccess {
+                        iova: acc.iova + n,
+                        mr_offset: acc.mr_offset + n,
+                        gpa: acc.gpa + n,
+                        ..acc
+                    },
+                    l - n,
+                )
+            });
+            (head, rest)
+        }
+        Piece::Phys(g, l) => (
+            Piece::Phys(g, n),
+            (n < l).then(|| Piece::Phys(g + n, l - n)),
+        ),
+    }
+}
+
 fn total(sges: &[Sge]) -> u64 {
     sges.iter().map(|s| u64::from(s.length)).sum()
 }
@@ -824,6 +858,52 @@ impl Engine {
         Ok(())
     }
 
+    /// Copies from `src` to `dst` (same total length) through a bounce
+    /// buffer of at most `BOUNCE` bytes, so a large message never makes
+    /// the device allocate its size.
+    fn copy(
+        &self,
+        src: &[Piece],
+        dst: &[Piece],
+        src_remote: Option<u32>,
+        dst_remote: Option<u32>,
+    ) -> Result<(), Fail> {
+        let mut buf = Vec::new();
+        let mut si = src.iter().copied().peekable();
+        let mut cur: Option<Piece> = None;
+        for d in dst {
+            let mut need = piece_len(d);
+            let mut d_off = 0u64;
+            while need > 0 {
+                let s = match cur.take().or_else(|| si.next()) {
+                    Some(p) => p,
+                    None => return Err(Fail::Local(hw::WC_LOC_LEN_ERR)),
+                };
+                let n = piece_len(&s).min(need).min(BOUNCE);
+                let (head, rest) = split(s, n);
+                cur = rest;
+                buf.resize(n as usize, 0);
+                self.gather_into(&head, &mut buf, src_remote)?;
+                let (dst_part, _) = split(split(*d, d_off).1.unwrap_or(*d), n);
+                self.scatter(&[dst_part], &buf, dst_remote)?;
+                d_off += n;
+                need -= n;
+            }
+        }
+        Ok(())
+    }
+
+    fn gather_into(&self, p: &Piece, out: &mut [u8], remote: Option<u32>) -> Result<(), Fail> {
+        let r = match p {
+            Piece::Mr(acc, _) => self.sh.dma.mr_read(self.epoch, acc, out),
+            Piece::Phys(gpa, _) => self.sh.dma.read(self.epoch, *gpa, out),
+        };
+        match r {
+            Ok(()) | Err(DmaError::Suppressed) => Ok(()),
+            Err(e) => Err(self.dma_fail(e, remote)),
+        }
+    }
+
     /// The next receive WQE of `qp`, without taking it.
     fn peek_rq(&self, qp: &Qp) -> Result<Option<Wqe>, Fail> {
         let prod = self
@@ -905,12 +985,11 @@ impl Engine {
                         Fail::Remote(_, q) => Fail::Remote(hw::WC_REM_OP_ERR, q),
                         other => other,
                     })?;
-                let data = if inline {
-                    w.inline.clone()
+                if inline {
+                    self.scatter(&rp, &w.inline, Some(resp.qpn))?;
                 } else {
-                    self.gather(&lp, None)?
-                };
-                self.scatter(&rp, &data, Some(resp.qpn))?;
+                    self.copy(&lp, &rp, None, Some(resp.qpn))?;
+                }
                 let imm = w.opcode == hw::WR_SEND_IMM;
                 let c = Cqe {
                     wr_id: rqe.wr_id,
@@ -948,12 +1027,11 @@ impl Engine {
                 } else {
                     None
                 };
-                let data = if inline {
-                    w.inline.clone()
+                if inline {
+                    self.scatter(&rp, &w.inline, Some(resp.qpn))?;
                 } else {
-                    self.gather(&lp, None)?
-                };
-                self.scatter(&rp, &data, Some(resp.qpn))?;
+                    self.copy(&lp, &rp, None, Some(resp.qpn))?;
+                }
                 if let Some(rqe) = rqe {
                     let c = Cqe {
                         wr_id: rqe.wr_id,
@@ -982,8 +1060,7 @@ impl Engine {
                     false,
                 )?;
                 let lp = self.local_pieces(qp, &w.sges, true, false)?;
-                let data = self.gather(&rp, Some(resp.qpn))?;
-                self.scatter(&lp, &data, None)?;
+                self.copy(&rp, &lp, Some(resp.qpn), None)?;
                 Ok(len as u32)
             }
             hw::WR_ATOMIC_CMP_SWP | hw::WR_ATOMIC_FETCH_ADD => {

@@ -815,3 +815,79 @@ fn cq_overflow_is_an_error() {
         .any(|e| e.ty == hw::EVENT_CQ_ERROR && e.u32(0) == cq.cqn));
     assert_eq!(d.key_cmd(hw::CMD_QUERY_QP, a.qpn).out[8], hw::QPS_ERR);
 }
+
+#[test]
+fn large_transfers_cross_pages_and_sges() {
+    let mut s = rc_pair(7);
+    let (key, d) = (s.key, &mut s.d);
+    let n = 100_000usize;
+    let msg = pattern(n, 5);
+    d.ram.write(DATA, &msg);
+    let sig = hw::WQE_F_SIGNALED;
+    let sges = vec![
+        (VA, 33_333, key),
+        (VA + 33_333, 1, key),
+        (VA + 33_334, (n - 33_334) as u32, key),
+    ];
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: VA + 0x20000 + 3,
+            rkey: key,
+            sges,
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(w[0].status, hw::WC_SUCCESS);
+    assert_eq!(d.ram.read(DATA + 0x20003, n), msg);
+    // READ it back scattered over three SGEs
+    d.ram.write(DATA, &vec![0u8; n]);
+    let sges = vec![
+        (VA + 7, 70_000, key),
+        (VA + 0x1_8000, 1, key),
+        (VA + 0x1_9000, (n - 70_001) as u32, key),
+    ];
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_RDMA_READ,
+            flags: sig,
+            remote_addr: VA + 0x20003,
+            rkey: key,
+            sges,
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!((w[0].status, w[0].byte_len), (hw::WC_SUCCESS, n as u32));
+    assert_eq!(d.ram.read(DATA + 7, 70_000), msg[..70_000]);
+    assert_eq!(d.ram.read(DATA + 0x1_8000, 1), msg[70_000..70_001]);
+    assert_eq!(d.ram.read(DATA + 0x1_9000, n - 70_001), msg[70_001..]);
+    // a SEND of the same size into two receive SGEs
+    d.ram.write(DATA, &msg);
+    d.post_recv(
+        &mut s.b,
+        3,
+        &[(VA + 0x20000, 50_000, key), (VA + 0x30000, 60_000, key)],
+    );
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 4,
+            opcode: hw::WR_SEND,
+            flags: sig,
+            sges: vec![(VA, n as u32, key)],
+            ..Default::default()
+        },
+    );
+    d.wait_cq(&mut s.cq_a, 1);
+    let wb = d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(wb[0].byte_len, n as u32);
+    assert_eq!(d.ram.read(DATA + 0x20000, 50_000), msg[..50_000]);
+    assert_eq!(d.ram.read(DATA + 0x30000, n - 50_000), msg[50_000..]);
+}
