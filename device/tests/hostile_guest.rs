@@ -93,3 +93,68 @@ fn structured_commands_with_random_arguments() {
     assert!(get("commands") > 0, "{c:?}");
     eprintln!("{c:?}");
 }
+
+#[test]
+fn random_work_requests_never_panic() {
+    let mut seed = 7u64;
+    let h = Harness::new(true).unwrap();
+    h.run(&[3, 4]);
+    h.setup_verbs().expect("verbs setup");
+    for round in 0..200u32 {
+        let mut input = Vec::new();
+        for _ in 0..8 {
+            let r = xorshift(&mut seed);
+            // mostly send WQEs with plausible opcodes, keys and lengths
+            let op = [10u8, 10, 10, 11, 11, 12, 13][(r % 7) as usize];
+            input.push(op);
+            if op >= 12 {
+                // doorbell (offset, value) or RESUME (token, status)
+                let v = xorshift(&mut seed);
+                let v = if op == 12 {
+                    v & 0xffff_000c_0000_0fff
+                } else {
+                    v & 0xff_0000_00ff
+                };
+                input.extend_from_slice(&v.to_le_bytes());
+                continue;
+            }
+            input.push((r >> 8) as u8);
+            input.push((r >> 16) as u8);
+            let mut w = [0u8; 128];
+            for c in w.chunks_mut(8) {
+                c.copy_from_slice(&xorshift(&mut seed).to_le_bytes());
+            }
+            w[8] %= 8;
+            w[9] &= 0x0f;
+            w[10] %= 5;
+            // keys: the pinned MR (index 0) or the ODP MR (index 1), gen 1
+            let keys = [0x001u32, 0x101, 0, 0x201];
+            for s in 0..4 {
+                let o = 64 + s * 16;
+                let k = keys[(xorshift(&mut seed) % 4) as usize];
+                w[o + 12..o + 16].copy_from_slice(&k.to_le_bytes());
+                let base = if k == 0x101 { 0x100000 } else { 0x10000 };
+                let va = base + xorshift(&mut seed) % 0x48000;
+                w[o..o + 8].copy_from_slice(&va.to_le_bytes());
+                let len = (xorshift(&mut seed) % 9000) as u32;
+                w[o + 8..o + 12].copy_from_slice(&len.to_le_bytes());
+            }
+            let rk = keys[(r % 4) as usize];
+            w[24..28].copy_from_slice(&rk.to_le_bytes());
+            let base = if rk == 0x101 { 0x100000 } else { 0x10000 };
+            let ra = base + xorshift(&mut seed) % 0x48000;
+            w[16..24].copy_from_slice(&ra.to_le_bytes());
+            input.extend_from_slice(&w);
+        }
+        h.run(&input);
+        if round % 4 == 3 {
+            // rings get wedged by random input: start over sometimes
+            h.run(&[0, 0x10, 0, 2, 0, 0, 0, 3, 4]);
+            h.setup_verbs();
+        }
+    }
+    let c = h.dev.shared.counters.snapshot();
+    let get = |n: &str| c.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).unwrap();
+    assert!(get("wqes") > 100, "{c:?}");
+    eprintln!("{c:?}");
+}
