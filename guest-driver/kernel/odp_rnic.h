@@ -6,6 +6,7 @@
 #define ODP_RNIC_H
 
 #include <linux/completion.h>
+#include <linux/idr.h>
 #include <linux/mmu_notifier.h>
 #include <linux/mutex.h>
 #include <linux/netdevice.h>
@@ -30,6 +31,7 @@
 extern unsigned int odprnic_cmd_timeout_ms;
 extern unsigned int odprnic_inv_timeout_ms;
 extern char *odprnic_default_mr_mode;
+extern bool odprnic_force_datapath;
 
 /* A split virtqueue in one DMA-coherent block ("Queues"). */
 struct odprnic_vq {
@@ -83,6 +85,9 @@ struct odprnic_eq {
 
 struct odprnic_stats {
 	atomic64_t cmd_timeouts;
+	atomic64_t qp_errors;
+	atomic64_t cq_errors;
+	atomic64_t leaked_ahs;
 	atomic64_t inv_timeouts;
 	atomic64_t page_faults;
 	atomic64_t fault_errors;
@@ -90,6 +95,17 @@ struct odprnic_stats {
 	atomic64_t revocations;
 	atomic64_t events;
 };
+
+/* One MSI-X vector of ODPRNIC_VEC_CQ_FIRST.. and the CQs that use it. */
+struct odprnic_cq_vec {
+	struct odprnic_dev *dev;
+	spinlock_t lock;	/* cqs */
+	struct list_head cqs;
+	u16 vector;
+	bool irq;		/* requested */
+};
+
+#define ODPRNIC_MAX_CQ_VECS	(ODPRNIC_NUM_VECTORS - ODPRNIC_VEC_CQ_FIRST)
 
 struct odprnic_dev {
 	struct ib_device ibdev;
@@ -116,6 +132,21 @@ struct odprnic_dev {
 	/* MRs by index (key >> 8) for page-fault and revoke events */
 	struct xarray mrs;
 
+	/*
+	 * Interface 1.1 data path: only when the device reports minor >= 1
+	 * (or force_datapath), BAR 4 exists and a CQ vector was granted.
+	 */
+	bool datapath;
+	void __iomem *db;		/* the kernel's doorbell page (page 0) */
+	resource_size_t db_phys;	/* BAR 4 start */
+	struct ida db_ida;		/* user doorbell pages 1.. */
+	u32 max_cq;
+	u32 max_qp;
+	unsigned int ncqvec;
+	struct odprnic_cq_vec cqvec[ODPRNIC_MAX_CQ_VECS];
+	struct xarray cqs;		/* by cqn, for CQ_ERROR */
+	struct xarray qps;		/* by qpn, for events and poll_cq */
+
 	bool lost;		/* registers read all-ones: device gone */
 	unsigned long fence_once;
 	bool fenced;		/* bus mastering cleared after a timeout */
@@ -123,8 +154,88 @@ struct odprnic_dev {
 	struct odprnic_stats stats;
 };
 
+/* A ring buffer the kernel allocates ("Where rings live"). */
+struct odprnic_ring {
+	void *va;
+	dma_addr_t dma;
+	size_t size;
+};
+
+enum odprnic_mmap_type {
+	ODPRNIC_MMAP_DB,	/* a doorbell page of BAR 4 */
+	ODPRNIC_MMAP_RING,	/* a CQ or QP buffer */
+};
+
+/*
+ * What a user mmap key names. A ring is freed, and a doorbell page given
+ * back, only in mmap_free: when the object is destroyed and no mapping of
+ * it is left.
+ */
+struct odprnic_mmap_entry {
+	struct rdma_user_mmap_entry rdma;
+	struct odprnic_dev *dev;
+	enum odprnic_mmap_type type;
+	struct odprnic_ring ring;
+	u32 db_page;
+};
+
 struct odprnic_ucontext {
 	struct ib_ucontext ibuc;
+	u32 db_page;		/* 0: none (no data path) */
+	struct odprnic_mmap_entry *db_entry;
+};
+
+enum odprnic_cq_flags {
+	ODPRNIC_CQF_ARMED,	/* kernel CQ: req_notify_cq since the last call */
+};
+
+struct odprnic_cq {
+	struct ib_cq ibcq;
+	struct odprnic_dev *dev;
+	u32 cqn;
+	u32 size;		/* CQEs, a power of two */
+	u16 vector;		/* MSI-X vector */
+	bool user;
+	struct odprnic_ring ring;	/* kernel CQ; user CQs: in mentry */
+	struct odprnic_mmap_entry *mentry;
+	struct odprnic_cq_hdr *hdr;
+	struct odprnic_cqe *cqes;
+	spinlock_t lock;	/* cons, for kernel CQs */
+	u32 cons;
+	u32 irq_prod;		/* user CQ: prod at the last interrupt */
+	unsigned long flags;	/* enum odprnic_cq_flags bits */
+	struct list_head vec_node;
+};
+
+struct odprnic_qp {
+	struct ib_qp ibqp;
+	struct odprnic_dev *dev;
+	u32 qpn;
+	bool user;
+	bool sig_all;
+	struct odprnic_ring ring;
+	struct odprnic_mmap_entry *mentry;
+	struct odprnic_qp_hdr *hdr;
+	struct odprnic_wqe *sq;
+	struct odprnic_wqe *rq;
+	u32 sq_size;
+	u32 rq_size;
+	u32 max_send_sge;
+	u32 max_recv_sge;
+	u32 max_inline;
+	spinlock_t sq_lock;	/* sq_prod */
+	u32 sq_prod;
+	spinlock_t rq_lock;	/* rq_prod */
+	u32 rq_prod;
+	/* what modify_qp was told, for query_qp and partial updates */
+	struct mutex attr_lock;
+	struct ib_qp_attr attr;
+	atomic64_t page_faults;
+};
+
+struct odprnic_ah {
+	struct ib_ah ibah;
+	u32 ahn;
 };
 
 struct odprnic_pd {
@@ -185,6 +296,26 @@ static inline struct odprnic_mr *to_omr(struct ib_mr *ibmr)
 	return container_of(ibmr, struct odprnic_mr, ibmr);
 }
 
+static inline struct odprnic_ucontext *to_ouc(struct ib_ucontext *ibuc)
+{
+	return container_of(ibuc, struct odprnic_ucontext, ibuc);
+}
+
+static inline struct odprnic_cq *to_ocq(struct ib_cq *ibcq)
+{
+	return container_of(ibcq, struct odprnic_cq, ibcq);
+}
+
+static inline struct odprnic_qp *to_oqp(struct ib_qp *ibqp)
+{
+	return container_of(ibqp, struct odprnic_qp, ibqp);
+}
+
+static inline struct odprnic_ah *to_oah(struct ib_ah *ibah)
+{
+	return container_of(ibah, struct odprnic_ah, ibah);
+}
+
 /* odp_rnic_main.c */
 u32 odprnic_read32(struct odprnic_dev *dev, u32 reg);
 void odprnic_write32(struct odprnic_dev *dev, u32 reg, u32 val);
@@ -219,6 +350,9 @@ int odprnic_cmd_map_pages(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
 			  u32 key, u32 flags, u64 iova, u32 count);
 int odprnic_cmd_resume(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
 		       u32 token, u32 status);
+int odprnic_cmd_simple(struct odprnic_dev *dev, u16 opcode, const void *args,
+		       size_t args_len, void *out, size_t out_len, bool atomic);
+int odprnic_cmd_handle(struct odprnic_dev *dev, u16 opcode, u32 handle);
 
 /* odp_rnic_eq.c */
 int odprnic_eq_init(struct odprnic_dev *dev);
@@ -229,6 +363,41 @@ int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len);
 /* odp_rnic_verbs.c */
 int odprnic_register_ibdev(struct odprnic_dev *dev);
 void odprnic_unregister_ibdev(struct odprnic_dev *dev);
+int odprnic_ring_alloc(struct odprnic_dev *dev, struct odprnic_ring *ring,
+		       size_t size);
+void odprnic_ring_free(struct odprnic_dev *dev, struct odprnic_ring *ring);
+struct odprnic_mmap_entry *odprnic_mmap_ring(struct odprnic_ucontext *uc,
+					     size_t size);
+void odprnic_destroyed(struct odprnic_dev *dev, const char *what, u32 id,
+		       int err);
+
+/* odp_rnic_cq.c */
+int odprnic_cq_vecs_init(struct odprnic_dev *dev, unsigned int nvec);
+void odprnic_cq_vecs_cleanup(struct odprnic_dev *dev);
+int odprnic_destroy_cq(struct ib_cq *ibcq, struct ib_udata *udata);
+int odprnic_poll_cq(struct ib_cq *ibcq, int num_entries, struct ib_wc *wc);
+int odprnic_req_notify_cq(struct ib_cq *ibcq, enum ib_cq_notify_flags flags);
+void odprnic_cq_error_event(struct odprnic_dev *dev, u32 cqn);
+
+/* odp_rnic_qp.c */
+int odprnic_create_qp(struct ib_qp *ibqp, struct ib_qp_init_attr *init_attr,
+		      struct ib_udata *udata);
+int odprnic_modify_qp(struct ib_qp *ibqp, struct ib_qp_attr *attr, int mask,
+		      struct ib_udata *udata);
+int odprnic_query_qp(struct ib_qp *ibqp, struct ib_qp_attr *attr, int mask,
+		     struct ib_qp_init_attr *init_attr);
+int odprnic_destroy_qp(struct ib_qp *ibqp, struct ib_udata *udata);
+int odprnic_post_send(struct ib_qp *ibqp, const struct ib_send_wr *wr,
+		      const struct ib_send_wr **bad_wr);
+int odprnic_post_recv(struct ib_qp *ibqp, const struct ib_recv_wr *wr,
+		      const struct ib_recv_wr **bad_wr);
+int odprnic_create_ah(struct ib_ah *ibah, struct rdma_ah_init_attr *init_attr,
+		      struct ib_udata *udata);
+int odprnic_destroy_ah(struct ib_ah *ibah, u32 flags);
+void odprnic_qp_event(struct odprnic_dev *dev, u32 qpn,
+		      enum ib_event_type type);
+void odprnic_qp_page_fault(struct odprnic_dev *dev, u32 qpn);
+int odprnic_fill_res_qp_entry(struct sk_buff *msg, struct ib_qp *ibqp);
 
 /* odp_rnic_netdev.c */
 int odprnic_netdev_init(struct odprnic_dev *dev);

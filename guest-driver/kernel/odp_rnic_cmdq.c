@@ -8,6 +8,7 @@
  * arrive on MSI-X vector ODPRNIC_VEC_CMD and every wait is bounded by
  * cmd_timeout_ms.
  */
+#include <linux/delay.h>
 #include <linux/dma-mapping.h>
 #include <linux/interrupt.h>
 #include <linux/unaligned.h>
@@ -177,7 +178,8 @@ irqreturn_t odprnic_cmdq_irq(int irq, void *data)
 	return IRQ_HANDLED;
 }
 
-struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev)
+static struct odprnic_cmd_slot *
+__odprnic_cmd_get(struct odprnic_dev *dev, bool atomic)
 {
 	struct odprnic_cmdq *q = &dev->cmdq;
 	struct odprnic_cmd_slot *s = NULL;
@@ -186,8 +188,11 @@ struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev)
 
 	if (odprnic_dev_gone(dev))
 		return ERR_PTR(-ENODEV);
-	if (down_timeout(&q->free_slots,
-			 msecs_to_jiffies(odprnic_cmd_timeout_ms))) {
+	if (atomic) {
+		if (down_trylock(&q->free_slots))
+			return ERR_PTR(-EAGAIN);
+	} else if (down_timeout(&q->free_slots,
+				msecs_to_jiffies(odprnic_cmd_timeout_ms))) {
 		dev_err_ratelimited(&dev->pdev->dev,
 				    "no command slot free within %u ms\n",
 				    odprnic_cmd_timeout_ms);
@@ -207,6 +212,11 @@ struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev)
 		return ERR_PTR(-EIO);
 	}
 	return s;
+}
+
+struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev)
+{
+	return __odprnic_cmd_get(dev, false);
 }
 
 void odprnic_cmd_put(struct odprnic_dev *dev, struct odprnic_cmd_slot *s)
@@ -252,8 +262,35 @@ static int odprnic_status_to_errno(u16 status)
  * cmd_timeout_ms. On timeout the slot stays owned by the device until it
  * answers; the caller still calls odprnic_cmd_put().
  */
-int odprnic_cmd_exec(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
-		     u16 opcode, u32 data_len)
+/*
+ * In atomic context (create_ah without RDMA_CREATE_AH_SLEEPABLE, as ib_cm
+ * calls it under a spinlock) nothing may sleep: reap the used ring by
+ * polling, for at most ODPRNIC_ATOMIC_CMD_US.
+ */
+#define ODPRNIC_ATOMIC_CMD_US	100000
+
+static bool odprnic_cmd_poll(struct odprnic_dev *dev,
+			     struct odprnic_cmd_slot *s)
+{
+	struct odprnic_cmdq *q = &dev->cmdq;
+	ktime_t deadline = ktime_add_us(ktime_get(), ODPRNIC_ATOMIC_CMD_US);
+	unsigned long flags;
+	bool done;
+
+	for (;;) {
+		spin_lock_irqsave(&q->lock, flags);
+		odprnic_cmdq_reap(dev);
+		done = completion_done(&s->done);
+		spin_unlock_irqrestore(&q->lock, flags);
+		if (done || ktime_after(ktime_get(), deadline))
+			return done;
+		udelay(5);
+	}
+}
+
+static int __odprnic_cmd_exec(struct odprnic_dev *dev,
+			      struct odprnic_cmd_slot *s, u16 opcode,
+			      u32 data_len, bool atomic)
 {
 	struct odprnic_cmdq *q = &dev->cmdq;
 	struct odprnic_vq *vq = &q->vq;
@@ -289,7 +326,8 @@ int odprnic_cmd_exec(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
 
 	odprnic_write32(dev, ODPRNIC_REG_CMDQ_NOTIFY, 1);
 
-	if (!wait_for_completion_timeout(&s->done,
+	if (atomic ? !odprnic_cmd_poll(dev, s) :
+	    !wait_for_completion_timeout(&s->done,
 					 msecs_to_jiffies(odprnic_cmd_timeout_ms))) {
 		bool late;
 
@@ -326,6 +364,12 @@ int odprnic_cmd_exec(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
 		dev_dbg(&dev->pdev->dev, "command %#x: status %u\n", opcode,
 			status);
 	return odprnic_status_to_errno(status);
+}
+
+int odprnic_cmd_exec(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
+		     u16 opcode, u32 data_len)
+{
+	return __odprnic_cmd_exec(dev, s, opcode, data_len, false);
 }
 
 static struct odprnic_cmd_slot *odprnic_cmd_begin(struct odprnic_dev *dev)
@@ -437,4 +481,40 @@ int odprnic_cmd_resume(struct odprnic_dev *dev, struct odprnic_cmd_slot *s,
 	a->token = cpu_to_le32(token);
 	a->status = cpu_to_le32(status);
 	return odprnic_cmd_exec(dev, s, ODPRNIC_CMD_RESUME, 0);
+}
+
+/*
+ * odprnic_cmd_simple - one command without data buffer: @args_len bytes of
+ * @args, up to @out_len bytes of the response's out into @out. @atomic: the
+ * caller may not sleep (see odprnic_cmd_poll()).
+ */
+int odprnic_cmd_simple(struct odprnic_dev *dev, u16 opcode, const void *args,
+		       size_t args_len, void *out, size_t out_len, bool atomic)
+{
+	struct odprnic_cmd_slot *s = __odprnic_cmd_get(dev, atomic);
+	int err;
+
+	if (IS_ERR(s))
+		return PTR_ERR(s);
+	if (WARN_ON(args_len > sizeof(s->cmd->args) ||
+		    out_len > sizeof(s->resp->out))) {
+		odprnic_cmd_put(dev, s);
+		return -EINVAL;
+	}
+	memset(s->cmd->args, 0, sizeof(s->cmd->args));
+	memcpy(s->cmd->args, args, args_len);
+	err = __odprnic_cmd_exec(dev, s, opcode, 0, atomic);
+	if (!err && out_len)
+		memcpy(out, s->resp->out, out_len);
+	odprnic_cmd_put(dev, s);
+	return err;
+}
+
+/* A command whose only argument is a u32 handle and whose answer is one. */
+int odprnic_cmd_handle(struct odprnic_dev *dev, u16 opcode, u32 handle)
+{
+	__le32 arg = cpu_to_le32(handle);
+
+	return odprnic_cmd_simple(dev, opcode, &arg, sizeof(arg), NULL, 0,
+				  false);
 }

@@ -54,6 +54,22 @@ static void odprnic_event_handle(struct odprnic_dev *dev,
 	case ODPRNIC_EVENT_MR_REVOKED:
 		odprnic_mr_revoked_event(dev, get_unaligned_le32(&ev->data[0]));
 		break;
+	case ODPRNIC_EVENT_QP_ERROR: {
+		const struct odprnic_ev_qp_error *qe = (const void *)ev->data;
+
+		atomic64_inc(&dev->stats.qp_errors);
+		dev_dbg(&dev->pdev->dev, "QP %u: error, syndrome %u\n",
+			le32_to_cpu(qe->qpn), le32_to_cpu(qe->syndrome));
+		odprnic_qp_event(dev, le32_to_cpu(qe->qpn), IB_EVENT_QP_FATAL);
+		break;
+	}
+	case ODPRNIC_EVENT_CQ_ERROR:
+		odprnic_cq_error_event(dev, get_unaligned_le32(&ev->data[0]));
+		break;
+	case ODPRNIC_EVENT_QP_LAST_WQE:
+		odprnic_qp_event(dev, get_unaligned_le32(&ev->data[0]),
+				 IB_EVENT_QP_LAST_WQE_REACHED);
+		break;
 	case ODPRNIC_EVENT_DEVICE_ERROR:
 		dev_err(&dev->pdev->dev, "device error, code %u\n",
 			get_unaligned_le32(&ev->data[0]));

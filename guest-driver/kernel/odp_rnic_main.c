@@ -31,6 +31,11 @@ module_param_named(default_mr_mode, odprnic_default_mr_mode, charp, 0444);
 MODULE_PARM_DESC(default_mr_mode,
 		 "Mode of non-ODP MRs that request none: pinned or revocable");
 
+bool odprnic_force_datapath;
+module_param_named(force_datapath, odprnic_force_datapath, bool, 0444);
+MODULE_PARM_DESC(force_datapath,
+		 "Create CQs and QPs even if the device reports interface 1.0 (testing a device under development only)");
+
 #define ODPRNIC_READY_TIMEOUT_MS	1000
 
 u32 odprnic_read32(struct odprnic_dev *dev, u32 reg)
@@ -173,6 +178,8 @@ static int odprnic_check_device(struct odprnic_dev *dev)
 	dev->mac[3] = lo >> 24;
 	dev->mac[4] = hi;
 	dev->mac[5] = hi >> 8;
+	dev->max_cq = odprnic_read32(dev, ODPRNIC_REG_MAX_CQ);
+	dev->max_qp = odprnic_read32(dev, ODPRNIC_REG_MAX_QP);
 	dev_info(d, "interface %u.%u caps %#x max_pd %u max_mr %u mac %pM\n",
 		 dev->version >> 16, dev->version & 0xffff, dev->caps,
 		 dev->max_pd, dev->max_mr, dev->mac);
@@ -198,7 +205,9 @@ static int odprnic_setup_irqs(struct odprnic_dev *dev)
 			  odprnic_eq_irq, 0, "odp_rnic-event", dev);
 	if (err)
 		goto free_cmd;
-	dev_info(&pdev->dev, "MSI-X enabled, %d vectors\n", n);
+	odprnic_cq_vecs_init(dev, n);
+	dev_info(&pdev->dev, "MSI-X enabled, %d vectors, %u for CQs\n", n,
+		 dev->ncqvec);
 	return 0;
 
 free_cmd:
@@ -212,9 +221,55 @@ static void odprnic_free_irqs(struct odprnic_dev *dev)
 {
 	struct pci_dev *pdev = dev->pdev;
 
+	odprnic_cq_vecs_cleanup(dev);
 	free_irq(pci_irq_vector(pdev, ODPRNIC_VEC_EVENT), dev);
 	free_irq(pci_irq_vector(pdev, ODPRNIC_VEC_CMD), dev);
 	pci_free_irq_vectors(pdev);
+}
+
+/*
+ * Interface 1.1 ("Completion queues, queue pairs and address handles"):
+ * CQs and QPs only when the device says it serves them, with its doorbell
+ * BAR and at least one CQ vector. Without them the device keeps the 1.0
+ * behaviour: PDs and MRs, and CQ/QP creation refused with -EOPNOTSUPP.
+ */
+static void odprnic_datapath_init(struct odprnic_dev *dev)
+{
+	struct pci_dev *pdev = dev->pdev;
+	u32 minor = dev->version & 0xffff;
+
+	if (minor < 1 && !odprnic_force_datapath)
+		return;
+	if (minor < 1)
+		dev_warn(&pdev->dev,
+			 "interface %u.%u: data path forced on (force_datapath)\n",
+			 dev->version >> 16, minor);
+	if (pci_resource_len(pdev, ODPRNIC_BAR_DB) <
+	    (resource_size_t)ODPRNIC_DB_PAGES * ODPRNIC_DB_PAGE_SIZE ||
+	    !(pci_resource_flags(pdev, ODPRNIC_BAR_DB) & IORESOURCE_MEM)) {
+		dev_warn(&pdev->dev, "no doorbell BAR: no data path\n");
+		return;
+	}
+	if (!dev->ncqvec) {
+		dev_warn(&pdev->dev, "no MSI-X vector for CQs: no data path\n");
+		return;
+	}
+	dev->db = pci_iomap_range(pdev, ODPRNIC_BAR_DB, 0,
+				  ODPRNIC_DB_PAGE_SIZE);
+	if (!dev->db) {
+		dev_warn(&pdev->dev, "cannot map the doorbell BAR\n");
+		return;
+	}
+	dev->db_phys = pci_resource_start(pdev, ODPRNIC_BAR_DB);
+	dev->datapath = true;
+}
+
+static void odprnic_datapath_cleanup(struct odprnic_dev *dev)
+{
+	if (dev->db)
+		pci_iounmap(dev->pdev, dev->db);
+	dev->db = NULL;
+	dev->datapath = false;
 }
 
 static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -230,6 +285,9 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	spin_lock_init(&dev->inv_lock);
 	init_waitqueue_head(&dev->inv_wait);
 	xa_init_flags(&dev->mrs, XA_FLAGS_LOCK_IRQ);
+	xa_init(&dev->cqs);
+	xa_init(&dev->qps);
+	ida_init(&dev->db_ida);
 
 	err = pci_enable_device(pdev);
 	if (err)
@@ -286,6 +344,7 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		dev_err(&pdev->dev, "NOP failed: %d\n", err);
 		goto err_reset;
 	}
+	odprnic_datapath_init(dev);
 	err = odprnic_netdev_init(dev);
 	if (err)
 		goto err_reset;
@@ -298,6 +357,7 @@ err_netdev:
 	odprnic_netdev_cleanup(dev);
 err_reset:
 	odprnic_reset(dev);
+	odprnic_datapath_cleanup(dev);
 err_irqs:
 	odprnic_free_irqs(dev);
 err_eq:
@@ -329,6 +389,7 @@ static void odprnic_remove(struct pci_dev *pdev)
 	odprnic_netdev_cleanup(dev);
 	if (!READ_ONCE(dev->lost))
 		odprnic_reset(dev);
+	odprnic_datapath_cleanup(dev);
 	odprnic_free_irqs(dev);
 	flush_workqueue(dev->wq);
 	destroy_workqueue(dev->wq);
@@ -340,6 +401,10 @@ static void odprnic_remove(struct pci_dev *pdev)
 	pci_disable_device(pdev);
 	WARN_ON(!xa_empty(&dev->mrs));
 	xa_destroy(&dev->mrs);
+	WARN_ON(!xa_empty(&dev->cqs) || !xa_empty(&dev->qps));
+	xa_destroy(&dev->cqs);
+	xa_destroy(&dev->qps);
+	ida_destroy(&dev->db_ida);
 	ib_dealloc_device(&dev->ibdev);
 }
 

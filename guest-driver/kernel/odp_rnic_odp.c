@@ -189,6 +189,7 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	u32 key = le32_to_cpu(pf->key);
 	u64 iova = le64_to_cpu(pf->iova);
 	u64 len = le64_to_cpu(pf->length);
+	u32 qpn = le32_to_cpu(pf->qpn);
 	bool write = le32_to_cpu(pf->flags) & ODPRNIC_FAULT_WRITE;
 	struct odprnic_cmd_slot *s;
 	struct odprnic_mr *mr;
@@ -196,12 +197,13 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	int err = -ENOENT;
 
 	atomic64_inc(&dev->stats.page_faults);
-	trace_odprnic_page_fault(token, key, iova, len, write);
+	trace_odprnic_page_fault(token, key, qpn, iova, len, write);
+	odprnic_qp_page_fault(dev, qpn);
 	s = odprnic_cmd_get(dev);
 	if (IS_ERR(s)) {
 		dev_err_ratelimited(&dev->pdev->dev,
-				    "page fault token %u: no command slot (%ld)\n",
-				    token, PTR_ERR(s));
+				    "page fault token %u (QP %u): no command slot (%ld)\n",
+				    token, qpn, PTR_ERR(s));
 		return;
 	}
 	mr = odprnic_mr_get(dev, key);
@@ -221,7 +223,8 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	err = odprnic_cmd_resume(dev, s, token, status);
 	if (err)
 		dev_warn_ratelimited(&dev->pdev->dev,
-				     "RESUME token %u failed: %d\n", token, err);
+				     "RESUME token %u (QP %u) failed: %d\n", token,
+				     qpn, err);
 	odprnic_cmd_put(dev, s);
 }
 

@@ -13,21 +13,25 @@
 #include <linux/tracepoint.h>
 
 TRACE_EVENT(odprnic_page_fault,
-	    TP_PROTO(u32 token, u32 key, u64 iova, u64 len, bool write),
-	    TP_ARGS(token, key, iova, len, write),
+	    TP_PROTO(u32 token, u32 key, u32 qpn, u64 iova, u64 len,
+		     bool write),
+	    TP_ARGS(token, key, qpn, iova, len, write),
 	    TP_STRUCT__entry(__field(u32, token)
 			     __field(u32, key)
+			     __field(u32, qpn)
 			     __field(u64, iova)
 			     __field(u64, len)
 			     __field(bool, write)),
 	    TP_fast_assign(__entry->token = token;
 			   __entry->key = key;
+			   __entry->qpn = qpn;
 			   __entry->iova = iova;
 			   __entry->len = len;
 			   __entry->write = write;),
-	    TP_printk("token=%u key=%#x iova=%#llx len=%#llx %s",
+	    TP_printk("token=%u key=%#x iova=%#llx len=%#llx %s qpn=%#x",
 		      __entry->token, __entry->key, __entry->iova,
-		      __entry->len, __entry->write ? "write" : "read")
+		      __entry->len, __entry->write ? "write" : "read",
+		      __entry->qpn)
 );
 
 TRACE_EVENT(odprnic_resume,

@@ -4,24 +4,18 @@
  * contents; the functions here are the thin ones, MRs live in
  * odp_rnic_mr.c and ODP in odp_rnic_odp.c.
  */
+#include <linux/dma-mapping.h>
 #include <linux/etherdevice.h>
 #include <net/addrconf.h>
 #include <rdma/ib_addr.h>
 #include <rdma/ib_cache.h>
 #include <rdma/ib_mad.h>
 #include <rdma/odp_rnic-abi.h>
+#include <rdma/uverbs_ioctl.h>
 
 #include "odp_rnic.h"
 
 #define ODPRNIC_GID_TABLE_LEN	32
-
-struct odprnic_cq {
-	struct ib_cq ibcq;
-};
-
-struct odprnic_qp {
-	struct ib_qp ibqp;
-};
 
 static int odprnic_query_device(struct ib_device *ibdev,
 				struct ib_device_attr *attr,
@@ -42,10 +36,28 @@ static int odprnic_query_device(struct ib_device *ibdev,
 	attr->hw_ver = dev->pdev->revision;
 	attr->max_pd = dev->max_pd;
 	attr->max_mr = dev->max_mr;
-	attr->max_qp = odprnic_read32(dev, ODPRNIC_REG_MAX_QP);
-	attr->max_cq = odprnic_read32(dev, ODPRNIC_REG_MAX_CQ);
 	attr->max_pkeys = 1;
 	attr->local_ca_ack_delay = 15;
+	if (dev->datapath) {
+		attr->max_qp = dev->max_qp;
+		attr->max_cq = dev->max_cq;
+		attr->max_qp_wr = ODPRNIC_MAX_QP_WR;
+		attr->max_send_sge = ODPRNIC_MAX_SGE;
+		attr->max_recv_sge = ODPRNIC_MAX_SGE;
+		attr->max_sge_rd = ODPRNIC_MAX_SGE;
+		attr->max_cqe = ODPRNIC_MAX_CQE;
+		attr->max_qp_rd_atom = 16;
+		attr->max_qp_init_rd_atom = 16;
+		attr->max_res_rd_atom = 16 * dev->max_qp;
+		attr->max_ah = dev->max_qp;
+		attr->atomic_cap = dev->caps & ODPRNIC_CAP_ATOMICS ?
+				   IB_ATOMIC_HCA : IB_ATOMIC_NONE;
+		/* ODPRNIC_PHYS_LKEY on kernel QPs ("Where rings live") */
+		attr->kernel_cap_flags |= IBK_LOCAL_DMA_LKEY;
+	} else {
+		attr->max_qp = 0;
+		attr->max_cq = 0;
+	}
 
 	/* "Capabilities": the ODP switch as the kernel sees it */
 	if (dev->caps & ODPRNIC_CAP_ODP) {
@@ -123,24 +135,181 @@ static int odprnic_query_pkey(struct ib_device *ibdev, u32 port, u16 index,
 	return 0;
 }
 
+/* ---- rings and user mappings ------------------------------------- */
+
+/* "Where rings live": zeroed, physically contiguous, page-aligned. */
+int odprnic_ring_alloc(struct odprnic_dev *dev, struct odprnic_ring *ring,
+		       size_t size)
+{
+	ring->size = PAGE_ALIGN(size);
+	ring->va = dma_alloc_coherent(&dev->pdev->dev, ring->size, &ring->dma,
+				      GFP_KERNEL);
+	if (!ring->va)
+		return -ENOMEM;
+	/* mmap maps it by pfn: it must sit in the linear map */
+	if (WARN_ON_ONCE(is_vmalloc_addr(ring->va))) {
+		odprnic_ring_free(dev, ring);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
+void odprnic_ring_free(struct odprnic_dev *dev, struct odprnic_ring *ring)
+{
+	if (ring->va)
+		dma_free_coherent(&dev->pdev->dev, ring->size, ring->va,
+				  ring->dma);
+	ring->va = NULL;
+}
+
+/*
+ * A ring for a user CQ or QP, owned by its mmap entry: the object's
+ * destroy removes the entry, and the ring is freed in mmap_free once the
+ * process no longer maps it either.
+ */
+struct odprnic_mmap_entry *odprnic_mmap_ring(struct odprnic_ucontext *uc,
+					     size_t size)
+{
+	struct odprnic_dev *dev = to_odev(uc->ibuc.device);
+	struct odprnic_mmap_entry *e;
+	int err;
+
+	e = kzalloc(sizeof(*e), GFP_KERNEL);
+	if (!e)
+		return ERR_PTR(-ENOMEM);
+	e->dev = dev;
+	e->type = ODPRNIC_MMAP_RING;
+	err = odprnic_ring_alloc(dev, &e->ring, size);
+	if (err)
+		goto err_free;
+	err = rdma_user_mmap_entry_insert(&uc->ibuc, &e->rdma, e->ring.size);
+	if (err)
+		goto err_ring;
+	return e;
+
+err_ring:
+	odprnic_ring_free(dev, &e->ring);
+err_free:
+	kfree(e);
+	return ERR_PTR(err);
+}
+
+/*
+ * A CQ or QP whose DESTROY the device did not confirm may still be
+ * written by it: fence the device before the kernel frees the ring.
+ * A device that is gone, or was reset (the object no longer exists),
+ * touches nothing.
+ */
+void odprnic_destroyed(struct odprnic_dev *dev, const char *what, u32 id,
+		       int err)
+{
+	if (!err || err == -ENODEV || err == -ENOENT)
+		return;
+	dev_err(&dev->pdev->dev, "destroying %s %u failed: %d\n", what, id,
+		err);
+	odprnic_fence(dev, "the device did not confirm a CQ or QP destroy");
+}
+
 static int odprnic_alloc_ucontext(struct ib_ucontext *ibuc,
 				  struct ib_udata *udata)
 {
-	return 0;
+	struct odprnic_dev *dev = to_odev(ibuc->device);
+	struct odprnic_ucontext *uc = to_ouc(ibuc);
+	struct odprnic_alloc_ucontext_resp resp = {};
+	struct odprnic_mmap_entry *e;
+	int page, err;
+
+	if (!dev->datapath || !udata->outlen)
+		return 0;	/* MRs only: nothing to map */
+
+	page = ida_alloc_range(&dev->db_ida, 1, ODPRNIC_DB_PAGES - 1,
+			       GFP_KERNEL);
+	if (page < 0)
+		return page;
+	e = kzalloc(sizeof(*e), GFP_KERNEL);
+	if (!e) {
+		ida_free(&dev->db_ida, page);
+		return -ENOMEM;
+	}
+	e->dev = dev;
+	e->type = ODPRNIC_MMAP_DB;
+	e->db_page = page;
+	err = rdma_user_mmap_entry_insert(ibuc, &e->rdma, PAGE_SIZE);
+	if (err) {
+		kfree(e);
+		ida_free(&dev->db_ida, page);
+		return err;
+	}
+	uc->db_page = page;
+	uc->db_entry = e;
+
+	resp.db_page = page;
+	resp.wqe_size = ODPRNIC_WQE_SIZE;
+	resp.cqe_size = ODPRNIC_CQE_SIZE;
+	resp.max_inline = ODPRNIC_MAX_INLINE;
+	resp.db_mmap_key = rdma_user_mmap_get_offset(&e->rdma);
+	err = ib_copy_to_udata(udata, &resp, min(udata->outlen, sizeof(resp)));
+	if (err) {
+		/* mmap_free gives the page back */
+		rdma_user_mmap_entry_remove(&e->rdma);
+		uc->db_entry = NULL;
+		uc->db_page = 0;
+	}
+	return err;
 }
 
 static void odprnic_dealloc_ucontext(struct ib_ucontext *ibuc)
 {
+	struct odprnic_ucontext *uc = to_ouc(ibuc);
+
+	if (uc->db_entry)
+		rdma_user_mmap_entry_remove(&uc->db_entry->rdma);
+	uc->db_entry = NULL;
 }
 
 /*
- * Nothing of a user context lives in the device or is mapped into the
- * process, so the core may disassociate it at any time: that is what makes
- * unbinding (and surprise removal) possible while applications still hold
- * the device open.
+ * Everything mapped into a process goes through rdma_user_mmap_io(), so
+ * the core zaps those mappings when it disassociates a context (unbind,
+ * surprise removal); rings and doorbell pages are released in mmap_free.
  */
 static void odprnic_disassociate_ucontext(struct ib_ucontext *ibuc)
 {
+}
+
+static int odprnic_mmap(struct ib_ucontext *ibuc, struct vm_area_struct *vma)
+{
+	struct rdma_user_mmap_entry *re;
+	struct odprnic_mmap_entry *e;
+	int err;
+
+	re = rdma_user_mmap_entry_get(ibuc, vma);
+	if (!re)
+		return -EINVAL;
+	e = container_of(re, struct odprnic_mmap_entry, rdma);
+	if (e->type == ODPRNIC_MMAP_DB)
+		err = rdma_user_mmap_io(ibuc, vma,
+					PHYS_PFN(e->dev->db_phys) + e->db_page,
+					PAGE_SIZE,
+					pgprot_noncached(vma->vm_page_prot),
+					re);
+	else
+		err = rdma_user_mmap_io(ibuc, vma,
+					PHYS_PFN(virt_to_phys(e->ring.va)),
+					e->ring.size, vma->vm_page_prot, re);
+	rdma_user_mmap_entry_put(re);
+	return err;
+}
+
+static void odprnic_mmap_free(struct rdma_user_mmap_entry *re)
+{
+	struct odprnic_mmap_entry *e =
+		container_of(re, struct odprnic_mmap_entry, rdma);
+
+	if (e->type == ODPRNIC_MMAP_DB)
+		ida_free(&e->dev->db_ida, e->db_page);
+	else
+		odprnic_ring_free(e->dev, &e->ring);
+	kfree(e);
 }
 
 static int odprnic_alloc_pd(struct ib_pd *ibpd, struct ib_udata *udata)
@@ -163,68 +332,6 @@ static int odprnic_dealloc_pd(struct ib_pd *ibpd, struct ib_udata *udata)
 	return err;
 }
 
-/* CQs and QPs: the v1.0 device has none yet; the ops stay in the table. */
-int odprnic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
-		      struct uverbs_attr_bundle *attrs)
-{
-	return -EOPNOTSUPP;
-}
-
-static int odprnic_destroy_cq(struct ib_cq *ibcq, struct ib_udata *udata)
-{
-	return 0;
-}
-
-static int odprnic_poll_cq(struct ib_cq *ibcq, int num_entries,
-			   struct ib_wc *wc)
-{
-	return 0;
-}
-
-static int odprnic_req_notify_cq(struct ib_cq *ibcq,
-				 enum ib_cq_notify_flags flags)
-{
-	return -EOPNOTSUPP;
-}
-
-static int odprnic_create_qp(struct ib_qp *ibqp,
-			     struct ib_qp_init_attr *init_attr,
-			     struct ib_udata *udata)
-{
-	return -EOPNOTSUPP;
-}
-
-static int odprnic_modify_qp(struct ib_qp *ibqp, struct ib_qp_attr *attr,
-			     int mask, struct ib_udata *udata)
-{
-	return -EOPNOTSUPP;
-}
-
-static int odprnic_query_qp(struct ib_qp *ibqp, struct ib_qp_attr *attr,
-			    int mask, struct ib_qp_init_attr *init_attr)
-{
-	return -EOPNOTSUPP;
-}
-
-static int odprnic_destroy_qp(struct ib_qp *ibqp, struct ib_udata *udata)
-{
-	return 0;
-}
-
-static int odprnic_post_send(struct ib_qp *ibqp, const struct ib_send_wr *wr,
-			     const struct ib_send_wr **bad_wr)
-{
-	*bad_wr = wr;
-	return -EOPNOTSUPP;
-}
-
-static int odprnic_post_recv(struct ib_qp *ibqp, const struct ib_recv_wr *wr,
-			     const struct ib_recv_wr **bad_wr)
-{
-	*bad_wr = wr;
-	return -EOPNOTSUPP;
-}
-
 static const struct ib_device_ops odprnic_dev_ops = {
 	.owner = THIS_MODULE,
 	.driver_id = RDMA_DRIVER_UNKNOWN,
@@ -241,6 +348,8 @@ static const struct ib_device_ops odprnic_dev_ops = {
 	.alloc_ucontext = odprnic_alloc_ucontext,
 	.dealloc_ucontext = odprnic_dealloc_ucontext,
 	.disassociate_ucontext = odprnic_disassociate_ucontext,
+	.mmap = odprnic_mmap,
+	.mmap_free = odprnic_mmap_free,
 
 	/* protection domains */
 	.alloc_pd = odprnic_alloc_pd,
@@ -254,7 +363,7 @@ static const struct ib_device_ops odprnic_dev_ops = {
 	.fill_res_mr_entry = odprnic_fill_res_mr_entry,
 	.fill_stat_mr_entry = odprnic_fill_stat_mr_entry,
 
-	/* completion queues and queue pairs: not in device v1.0 */
+	/* interface 1.1: odp_rnic_cq.c, odp_rnic_qp.c */
 	.create_cq = odprnic_create_cq,
 	.destroy_cq = odprnic_destroy_cq,
 	.poll_cq = odprnic_poll_cq,
@@ -265,7 +374,12 @@ static const struct ib_device_ops odprnic_dev_ops = {
 	.destroy_qp = odprnic_destroy_qp,
 	.post_send = odprnic_post_send,
 	.post_recv = odprnic_post_recv,
+	.create_ah = odprnic_create_ah,
+	.create_user_ah = odprnic_create_ah,
+	.destroy_ah = odprnic_destroy_ah,
+	.fill_res_qp_entry = odprnic_fill_res_qp_entry,
 
+	INIT_RDMA_OBJ_SIZE(ib_ah, odprnic_ah, ibah),
 	INIT_RDMA_OBJ_SIZE(ib_ucontext, odprnic_ucontext, ibuc),
 	INIT_RDMA_OBJ_SIZE(ib_pd, odprnic_pd, ibpd),
 	INIT_RDMA_OBJ_SIZE(ib_cq, odprnic_cq, ibcq),
@@ -279,7 +393,8 @@ int odprnic_register_ibdev(struct odprnic_dev *dev)
 
 	ibdev->node_type = RDMA_NODE_IB_CA;
 	ibdev->phys_port_cnt = 1;
-	ibdev->num_comp_vectors = 1;
+	ibdev->num_comp_vectors = max(dev->ncqvec, 1U);
+	ibdev->local_dma_lkey = ODPRNIC_PHYS_LKEY;
 	ibdev->dev.parent = &dev->pdev->dev;
 	strscpy(ibdev->node_desc, "odp-rnic", sizeof(ibdev->node_desc));
 	addrconf_addr_eui48((unsigned char *)&ibdev->node_guid,
@@ -296,8 +411,10 @@ int odprnic_register_ibdev(struct odprnic_dev *dev)
 		return err;
 	}
 	dev->ib_registered = true;
-	ibdev_info(ibdev, "registered on %s, ODP %s\n", netdev_name(dev->netdev),
-		   dev->caps & ODPRNIC_CAP_ODP ? "on" : "off");
+	ibdev_info(ibdev, "registered on %s, ODP %s, data path %s\n",
+		   netdev_name(dev->netdev),
+		   dev->caps & ODPRNIC_CAP_ODP ? "on" : "off",
+		   dev->datapath ? "on" : "off");
 	return 0;
 }
 
