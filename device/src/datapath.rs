@@ -9,6 +9,8 @@
 //! remote range are translated first, so a page fault anywhere parks it
 //! with nothing done, and `RESUME` restarts it from its start.
 
+use std::time::{Duration, Instant};
+
 use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::counters::Counters;
@@ -77,6 +79,31 @@ fn trim(sges: &[Sge], mut len: u64) -> Vec<Sge> {
         len -= l;
     }
     out
+}
+
+/// A requester waiting for a receive buffer at `resp`.
+#[derive(Clone, Copy, Debug)]
+pub struct RnrWait {
+    /// The responder QP.
+    pub resp: u32,
+    /// When to try again.
+    pub deadline: Instant,
+    /// Retries left (7: forever).
+    pub left: u8,
+    /// Still waiting (not yet retried).
+    pub waiting: bool,
+}
+
+/// The RNR timer values of IBA table 45, in microseconds (index 0 is the
+/// longest).
+const RNR_TIMER_US: [u64; 32] = [
+    655_360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1_280, 1_920, 2_560, 3_840,
+    5_120, 7_680, 10_240, 15_360, 20_480, 30_720, 40_960, 61_440, 81_920, 122_880, 163_840,
+    245_760, 327_680, 491_520,
+];
+
+fn rnr_delay(timer: u8) -> Duration {
+    Duration::from_micros(RNR_TIMER_US[usize::from(timer & 31)])
 }
 
 /// Largest bounce buffer of a copy.
@@ -263,12 +290,43 @@ impl Engine {
     fn drop_waits(&mut self, qpn: u32) {
         self.parked
             .retain(|_, p| p.wr.is_none_or(|(q, _)| q != qpn));
-        self.rnr_waiters.remove(&qpn);
-        for w in self.rnr_waiters.values_mut() {
-            w.retain(|q| *q != qpn);
-        }
+        self.rnr.remove(&qpn);
         if let Some(q) = self.verbs.qps.get_mut(&qpn) {
             q.stalled = false;
+        }
+        // requesters waiting on this QP retry now (and find it gone or in error)
+        self.wake_rnr(qpn);
+    }
+
+    /// Requesters waiting for a receive buffer at `resp` try again.
+    fn wake_rnr(&mut self, resp: u32) {
+        let waiting: Vec<u32> = self
+            .rnr
+            .iter_mut()
+            .filter(|(_, w)| w.resp == resp && w.waiting)
+            .map(|(q, w)| {
+                w.waiting = false;
+                *q
+            })
+            .collect();
+        for q in waiting {
+            self.unstall(q);
+        }
+    }
+
+    /// Retries requesters whose receiver-not-ready timer ran out.
+    pub(crate) fn rnr_timers(&mut self, now: Instant) {
+        let due: Vec<u32> = self
+            .rnr
+            .iter_mut()
+            .filter(|(_, w)| w.waiting && w.deadline <= now)
+            .map(|(q, w)| {
+                w.waiting = false;
+                *q
+            })
+            .collect();
+        for q in due {
+            self.unstall(q);
         }
     }
 
@@ -289,10 +347,8 @@ impl Engine {
                 }
                 if offset == hw::DB_SQ {
                     self.process_sq(value);
-                } else if let Some(waiters) = self.rnr_waiters.remove(&value) {
-                    for q in waiters {
-                        self.unstall(q);
-                    }
+                } else {
+                    self.wake_rnr(value);
                 }
             }
             hw::DB_CQ_ARM => {
@@ -564,16 +620,36 @@ impl Engine {
                     return self.qp_error(qpn, hw::WC_RETRY_EXC_ERR);
                 }
                 Err(Fail::Rnr(resp)) => {
-                    if qp.attrs.rnr_retry == 0 {
+                    // the first NAK leaves rnr_retry retries; 7 is forever
+                    let left = match self.rnr.get(&qpn) {
+                        None => qp.attrs.rnr_retry,
+                        Some(w) if w.left == 7 => 7,
+                        Some(w) => w.left.saturating_sub(1),
+                    };
+                    if left == 0 {
+                        self.rnr.remove(&qpn);
                         let wc = hw::WC_RNR_RETRY_EXC_ERR;
                         self.complete_sq(qpn, wqe.wr_id, wqe.opcode, wc, 0, true);
                         return self.qp_error(qpn, wc);
                     }
                     Counters::inc(&self.sh.counters.rnr_waits);
+                    let timer = self
+                        .verbs
+                        .qps
+                        .get(&resp)
+                        .map_or(0, |r| r.attrs.min_rnr_timer);
                     if let Some(q) = self.verbs.qps.get_mut(&qpn) {
                         q.stalled = true;
                     }
-                    self.rnr_waiters.entry(resp).or_default().push(qpn);
+                    self.rnr.insert(
+                        qpn,
+                        RnrWait {
+                            resp,
+                            deadline: Instant::now() + rnr_delay(timer),
+                            left,
+                            waiting: true,
+                        },
+                    );
                     return;
                 }
                 Err(Fail::Fault {

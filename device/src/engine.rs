@@ -202,8 +202,8 @@ pub struct Engine {
     pub(crate) tables: Tables,
     /// CQs, QPs and AHs.
     pub(crate) verbs: Verbs,
-    /// Requester QPs waiting for a receive buffer, by responder QPN.
-    pub(crate) rnr_waiters: BTreeMap<u32, Vec<u32>>,
+    /// Requester QPs waiting for a receive buffer (receiver not ready).
+    pub(crate) rnr: BTreeMap<u32, crate::datapath::RnrWait>,
     /// Translation entries held by all MRs (kept in step with `tables`).
     mapped_total: u64,
     pub(crate) parked: BTreeMap<u32, Parked>,
@@ -305,7 +305,7 @@ impl Engine {
             event_seq: 0,
             tables: Tables::default(),
             verbs: Verbs::default(),
-            rnr_waiters: BTreeMap::new(),
+            rnr: BTreeMap::new(),
             mapped_total: 0,
             parked: BTreeMap::new(),
             expired: VecDeque::new(),
@@ -355,7 +355,13 @@ impl Engine {
             .filter_map(|p| p.access.as_ref().map(|a| a.deadline))
             .min();
         let deferred = self.deferred.iter().map(|p| p.deadline).min();
-        [acks, parked, deferred].into_iter().flatten().min()
+        let rnr = self
+            .rnr
+            .values()
+            .filter(|w| w.waiting)
+            .map(|w| w.deadline)
+            .min();
+        [acks, parked, deferred, rnr].into_iter().flatten().min()
     }
 
     fn tick(&mut self) {
@@ -383,6 +389,7 @@ impl Engine {
                 self.parked.remove(&t);
             }
         }
+        self.rnr_timers(now);
         let (due, keep): (VecDeque<_>, VecDeque<_>) =
             self.deferred.drain(..).partition(|p| p.deadline <= now);
         self.deferred = keep;
@@ -487,7 +494,7 @@ impl Engine {
         self.fail_everything(RemoteStatus::RemoteAccessError);
         self.tables.clear();
         self.verbs.clear();
-        self.rnr_waiters.clear();
+        self.rnr.clear();
         self.mapped_total = 0;
         self.sh
             .oracle

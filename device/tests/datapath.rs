@@ -558,6 +558,24 @@ fn receiver_not_ready_waits_for_a_receive() {
     let w = d.wait_cq(&mut s.cq_a, 1);
     assert_eq!(w[0].status, hw::WC_SUCCESS);
     assert_eq!(d.ram.read(DATA + 0x1000, 4), b"late");
+    // with rnr_retry 2: two retries, an RNR timer apart, then the error
+    let mut s = rc_pair(2);
+    let d = &mut s.d;
+    let t = std::time::Instant::now();
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_SEND,
+            flags: hw::WQE_F_SIGNALED,
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut s.cq_a, 1);
+    assert_eq!(w[0].status, hw::WC_RNR_RETRY_EXC_ERR);
+    // min_rnr_timer 12 is 640 us
+    assert!(t.elapsed() >= Duration::from_micros(1280));
+    assert_eq!(s.td.counter("rnr_waits"), 2);
     // with rnr_retry 0 it fails at once
     let mut s = rc_pair(0);
     let d = &mut s.d;
