@@ -12,9 +12,11 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::counters::Counters;
+use crate::datapath::{PeerReply, PeerRequest, SendOutcome};
 use crate::device::Device;
 use crate::engine::EngineMsg;
 use crate::fault_plan::{FaultRule, FaultSpec};
+use crate::hw;
 use crate::port::{InjectorPort, RemoteOp, RemoteOpKind, RemoteStatus, MAX_INJECT_LEN};
 
 /// Control protocol version.
@@ -76,6 +78,33 @@ fn opt_u64(req: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, 
         None | Some(Value::Null) => Ok(None),
         Some(v) => num(v).map(Some).ok_or(ControlError::BadField(name)),
     }
+}
+
+/// The bytes of a `data_hex` or `pattern` field.
+fn payload(req: &Map<String, Value>) -> Result<Vec<u8>, ControlError> {
+    let data = if let Some(h) = req.get("data_hex") {
+        h.as_str()
+            .and_then(from_hex)
+            .ok_or(ControlError::BadField("data_hex"))?
+    } else if let Some(Value::Object(p)) = req.get("pattern") {
+        let byte = p
+            .get("byte")
+            .and_then(num)
+            .and_then(|b| u8::try_from(b).ok())
+            .ok_or(ControlError::BadField("pattern.byte"))?;
+        let len = p
+            .get("length")
+            .and_then(num)
+            .filter(|l| *l <= MAX_INJECT_LEN)
+            .ok_or(ControlError::BadField("pattern.length"))?;
+        vec![byte; len as usize]
+    } else {
+        return Err(ControlError::BadField("data_hex"));
+    };
+    if data.len() as u64 > MAX_INJECT_LEN {
+        return Err(ControlError::BadField("data_hex"));
+    }
+    Ok(data)
 }
 
 /// Decodes a hex string (whitespace ignored).
@@ -230,6 +259,35 @@ impl Control {
                 }
             }
             "fault_plan" => self.fault_plan(req)?,
+            "send" => return self.peer_send(req),
+            "peer_sent" => {
+                let max = opt_u64(req, "max")?.unwrap_or(u64::MAX);
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                match self.peer(PeerRequest::Take(max))? {
+                    PeerReply::Messages(m, dropped) => json!({ "messages": m, "dropped": dropped }),
+                    _ => return Err(ControlError::Failed("unexpected reply".into())),
+                }
+            }
+            "peer_memory" => {
+                let r = if let Some(size) = opt_u64(req, "size")? {
+                    let size = usize::try_from(size).map_err(|_| ControlError::BadField("size"))?;
+                    self.peer(PeerRequest::Resize(size))?
+                } else if let Some(h) = req.get("data_hex") {
+                    let d = h
+                        .as_str()
+                        .and_then(from_hex)
+                        .ok_or(ControlError::BadField("data_hex"))?;
+                    self.peer(PeerRequest::Write(field_u64(req, "offset")?, d))?
+                } else {
+                    let len = field_u64(req, "length")?;
+                    self.peer(PeerRequest::Read(field_u64(req, "offset")?, len))?
+                };
+                match r {
+                    PeerReply::Data(Ok(d)) => json!({ "data_hex": to_hex(&d) }),
+                    PeerReply::Data(Err(e)) => return Err(ControlError::Failed(e)),
+                    _ => return Err(ControlError::Failed("unexpected reply".into())),
+                }
+            }
             "trace" => {
                 let max = opt_u64(req, "max")?.unwrap_or(100);
                 let max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -291,6 +349,79 @@ impl Control {
         Ok(v)
     }
 
+    fn peer(&self, req: PeerRequest) -> Result<PeerReply, ControlError> {
+        let (tx, rx) = sync_channel(1);
+        self.dev
+            .engine_tx
+            .send(EngineMsg::Peer { req, reply: tx })
+            .map_err(|_| ControlError::Failed("engine is gone".into()))?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| ControlError::Failed("engine did not answer".into()))
+    }
+
+    fn src_qpn(req: &Map<String, Value>) -> Result<u32, ControlError> {
+        let q = opt_u64(req, "src_qpn")?.unwrap_or(u64::from(hw::QPN_INJECTOR_FIRST));
+        u32::try_from(q)
+            .ok()
+            .filter(|q| (hw::QPN_INJECTOR_FIRST..=hw::QPN_INJECTOR_LAST).contains(q))
+            .ok_or(ControlError::BadField("src_qpn"))
+    }
+
+    /// A SEND from the injector to a guest QP; waits (bounded) while the
+    /// QP has no receive buffer or a page fault is being resolved.
+    fn peer_send(&self, req: &Map<String, Value>) -> Result<Map<String, Value>, ControlError> {
+        let dst = field_u32(req, "qpn")?;
+        let src = Self::src_qpn(req)?;
+        let data = payload(req)?;
+        let imm = match req.get("imm_hex") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(from_hex)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .ok_or(ControlError::BadField("imm_hex"))?,
+            ),
+        };
+        let qkey = opt_u64(req, "qkey")?
+            .map(|q| u32::try_from(q).map_err(|_| ControlError::BadField("qkey")))
+            .transpose()?;
+        let timeout = Duration::from_millis(
+            opt_u64(req, "timeout_ms")?
+                .unwrap_or(DEFAULT_TIMEOUT_MS)
+                .min(3_600_000),
+        );
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_micros(100);
+        let status = loop {
+            let r = self.peer(PeerRequest::Send {
+                src,
+                dst,
+                data: data.clone(),
+                imm,
+                qkey,
+            })?;
+            let PeerReply::Send(o) = r else {
+                return Err(ControlError::Failed("unexpected reply".into()));
+            };
+            match o {
+                SendOutcome::Delivered => break ("success", true),
+                SendOutcome::Dropped => break ("success", false),
+                SendOutcome::Invalid => break ("remote_invalid_request", false),
+                SendOutcome::AccessError => break ("remote_access_error", false),
+                SendOutcome::Wait | SendOutcome::Fenced if start.elapsed() < timeout => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                SendOutcome::Fenced => break ("fenced", false),
+                SendOutcome::Wait => break ("timeout", false),
+            }
+        };
+        let mut m = Map::new();
+        m.insert("status".into(), json!(status.0));
+        m.insert("delivered".into(), json!(status.1));
+        Ok(m)
+    }
+
     fn inject(
         &self,
         op: &str,
@@ -302,30 +433,9 @@ impl Control {
             .map(|q| u32::try_from(q).map_err(|_| ControlError::BadField("qpn")))
             .transpose()?;
         let timeout_ms = opt_u64(req, "timeout_ms")?.unwrap_or(DEFAULT_TIMEOUT_MS);
+        let src_qpn = Self::src_qpn(req)?;
         let kind = if op == "write" {
-            let data = if let Some(h) = req.get("data_hex") {
-                h.as_str()
-                    .and_then(from_hex)
-                    .ok_or(ControlError::BadField("data_hex"))?
-            } else if let Some(Value::Object(p)) = req.get("pattern") {
-                let byte = p
-                    .get("byte")
-                    .and_then(num)
-                    .and_then(|b| u8::try_from(b).ok())
-                    .ok_or(ControlError::BadField("pattern.byte"))?;
-                let len = p
-                    .get("length")
-                    .and_then(num)
-                    .filter(|l| *l <= MAX_INJECT_LEN)
-                    .ok_or(ControlError::BadField("pattern.length"))?;
-                vec![byte; len as usize]
-            } else {
-                return Err(ControlError::BadField("data_hex"));
-            };
-            if data.len() as u64 > MAX_INJECT_LEN {
-                return Err(ControlError::BadField("data_hex"));
-            }
-            RemoteOpKind::Write(data)
+            RemoteOpKind::Write(payload(req)?)
         } else if op == "cmp_swp" {
             RemoteOpKind::CmpSwp {
                 compare: field_u64(req, "compare")?,
@@ -341,7 +451,7 @@ impl Control {
             RemoteOpKind::Read(len)
         };
         let rop = RemoteOp {
-            src_qpn: crate::hw::QPN_INJECTOR_FIRST,
+            src_qpn,
             dst_qpn,
             rkey,
             va,

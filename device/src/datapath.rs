@@ -1011,6 +1011,255 @@ impl Engine {
         self.post_cqe(cqn, cqe, solicited);
     }
 
+    // ---- the wire injector peer ---------------------------------------
+
+    pub(crate) fn peer_request(&mut self, req: PeerRequest) -> PeerReply {
+        let data = |r: Result<Vec<u8>, crate::peer::PeerError>| {
+            PeerReply::Data(r.map_err(|e| e.to_string()))
+        };
+        match req {
+            PeerRequest::Take(max) => PeerReply::Messages(self.peer.take(max), self.peer.dropped),
+            PeerRequest::Read(off, len) => data(self.peer.read(off, len)),
+            PeerRequest::Write(off, d) => data(self.peer.write(off, &d).map(|()| Vec::new())),
+            PeerRequest::Resize(n) => data(self.peer.resize(n).map(|()| Vec::new())),
+            PeerRequest::Send {
+                src,
+                dst,
+                data,
+                imm,
+                qkey,
+            } => PeerReply::Send(self.peer_send(src, dst, &data, imm, qkey)),
+        }
+    }
+
+    /// Checks that guest QP `dst` may serve an operation from injector QPN
+    /// `src` on MR `key` needing `right`; a failure NAKs and moves the QP
+    /// to ERR, as a responder does.
+    pub(crate) fn check_responder_qp(
+        &mut self,
+        dst: u32,
+        src: u32,
+        key: u32,
+        right: u32,
+    ) -> Result<(), crate::port::RemoteStatus> {
+        use crate::port::RemoteStatus;
+        let Some(qp) = self.verbs.qps.get(&dst) else {
+            return Err(RemoteStatus::RemoteInvalidRequest);
+        };
+        if qp.qtype != QpType::Rc || !qp.can_receive() || qp.attrs.dest_qpn != src {
+            return Err(RemoteStatus::RemoteInvalidRequest);
+        }
+        let pd_ok = self.tables.get(key).is_some_and(|m| m.pdn == qp.pdn);
+        if qp.attrs.access & right == 0 || !pd_ok {
+            self.qp_error(dst, hw::WC_REM_ACCESS_ERR);
+            return Err(RemoteStatus::RemoteAccessError);
+        }
+        Ok(())
+    }
+
+    fn peer_send(
+        &mut self,
+        src: u32,
+        dst: u32,
+        data: &[u8],
+        imm: Option<[u8; 4]>,
+        qkey: Option<u32>,
+    ) -> SendOutcome {
+        if self.fenced || self.fatal {
+            return SendOutcome::Fenced;
+        }
+        if self.peer_failed.remove(&dst) {
+            self.qp_error(dst, hw::WC_REM_ACCESS_ERR);
+            return SendOutcome::AccessError;
+        }
+        if self
+            .peer_faults
+            .get(&dst)
+            .is_some_and(|t| self.parked.contains_key(t))
+        {
+            return SendOutcome::Wait;
+        }
+        let Some(g) = self.verbs.qps.get(&dst).cloned() else {
+            return SendOutcome::Invalid;
+        };
+        let datagram = g.qtype.datagram();
+        let accepted = g.can_receive()
+            && if datagram {
+                qkey.unwrap_or(g.attrs.qkey) == g.attrs.qkey
+            } else {
+                g.attrs.dest_qpn == src
+            };
+        if !accepted {
+            return if datagram {
+                SendOutcome::Dropped
+            } else {
+                SendOutcome::Invalid
+            };
+        }
+        let rqe = match self.peek_rq(&g) {
+            Ok(Some(r)) => r,
+            Ok(None) if datagram => return SendOutcome::Dropped,
+            Ok(None) => return SendOutcome::Wait,
+            Err(Fail::Fenced) => return SendOutcome::Fenced,
+            Err(_) => {
+                self.qp_error(dst, hw::WC_REM_OP_ERR);
+                return SendOutcome::AccessError;
+            }
+        };
+        let grh_len = if datagram { 40 } else { 0 };
+        let need = data.len() as u64 + grh_len;
+        if total(&rqe.sges) < need {
+            let c = Cqe {
+                wr_id: rqe.wr_id,
+                qpn: dst,
+                status: hw::WC_LOC_LEN_ERR,
+                opcode: hw::CQE_OP_RECV,
+                ..Default::default()
+            };
+            self.complete_rq(dst, c, false);
+            if !datagram {
+                self.qp_error(dst, hw::WC_LOC_LEN_ERR);
+            }
+            return SendOutcome::Invalid;
+        }
+        let pieces = match self.local_pieces(&g, &trim(&rqe.sges, need), true, true) {
+            Ok(p) => p,
+            Err(Fail::Fault {
+                key, iova, length, ..
+            }) => {
+                self.peer_fault(dst, key, iova, length);
+                return SendOutcome::Wait;
+            }
+            Err(_) => {
+                self.qp_error(dst, hw::WC_LOC_PROT_ERR);
+                return SendOutcome::AccessError;
+            }
+        };
+        let mut buf = Vec::with_capacity(need as usize);
+        if datagram {
+            buf.extend_from_slice(&grh(&[0; 16], &g.attrs.dgid, 0, 0, 64, data.len() as u16));
+        }
+        buf.extend_from_slice(data);
+        match self.scatter(&pieces, &buf, Some(dst)) {
+            Ok(()) => {}
+            Err(Fail::Fenced) | Err(Fail::Stale) => return SendOutcome::Fenced,
+            Err(_) => {
+                self.qp_error(dst, hw::WC_LOC_PROT_ERR);
+                return SendOutcome::AccessError;
+            }
+        }
+        let c = Cqe {
+            wr_id: rqe.wr_id,
+            byte_len: need as u32,
+            imm: imm.unwrap_or([0; 4]),
+            qpn: dst,
+            src_qp: src,
+            status: hw::WC_SUCCESS,
+            opcode: hw::CQE_OP_RECV,
+            flags: if imm.is_some() { hw::CQE_F_IMM } else { 0 }
+                | if datagram { hw::CQE_F_GRH } else { 0 },
+        };
+        self.complete_rq(dst, c, false);
+        SendOutcome::Delivered
+    }
+
+    fn peer_fault(&mut self, qpn: u32, key: u32, iova: u64, length: u64) {
+        if let Some(mr) = self.tables.get_mut(key) {
+            mr.faults = mr.faults.saturating_add(1);
+        }
+        Counters::inc(&self.sh.counters.page_faults);
+        let token = self.alloc_token();
+        self.parked.insert(
+            token,
+            Parked {
+                key,
+                access: None,
+                wr: None,
+            },
+        );
+        self.peer_faults.insert(qpn, token);
+        let mut d = [0u8; 56];
+        d[0..4].copy_from_slice(&token.to_le_bytes());
+        d[4..8].copy_from_slice(&key.to_le_bytes());
+        d[8..12].copy_from_slice(&qpn.to_le_bytes());
+        d[12..16].copy_from_slice(&hw::FAULT_WRITE.to_le_bytes());
+        d[16..24].copy_from_slice(&iova.to_le_bytes());
+        d[24..32].copy_from_slice(&length.to_le_bytes());
+        self.post_event(hw::EVENT_PAGE_FAULT, &d);
+    }
+
+    /// A guest RC QP's work request to an injector QPN: SENDs and WRITEs
+    /// are kept, WRITEs, READs and atomics use the peer buffer (at
+    /// `remote_addr`, any rkey).
+    fn execute_to_peer(&mut self, qp: &Qp, w: &Wqe, len: u64) -> Result<u32, Fail> {
+        let dest = qp.attrs.dest_qpn;
+        let inline = w.flags & hw::WQE_F_INLINE != 0;
+        let oob = Fail::Remote(hw::WC_REM_ACCESS_ERR, dest);
+        let outgoing = |e: &Engine| -> Result<Vec<u8>, Fail> {
+            if inline {
+                Ok(w.inline.clone())
+            } else {
+                let lp = e.local_pieces(qp, &w.sges, false, false)?;
+                e.gather(&lp, None)
+            }
+        };
+        let hex = crate::control::to_hex;
+        match w.opcode {
+            hw::WR_SEND | hw::WR_SEND_IMM | hw::WR_RDMA_WRITE | hw::WR_RDMA_WRITE_IMM => {
+                if len > crate::port::MAX_INJECT_LEN {
+                    return Err(Fail::Remote(hw::WC_REM_INV_REQ_ERR, dest));
+                }
+                let data = outgoing(self)?;
+                let write = matches!(w.opcode, hw::WR_RDMA_WRITE | hw::WR_RDMA_WRITE_IMM);
+                if write {
+                    self.peer.write(w.remote_addr, &data).map_err(|_| oob)?;
+                }
+                let opcode = match w.opcode {
+                    hw::WR_SEND => "send",
+                    hw::WR_SEND_IMM => "send_imm",
+                    hw::WR_RDMA_WRITE => "write",
+                    _ => "write_imm",
+                };
+                let imm = matches!(w.opcode, hw::WR_SEND_IMM | hw::WR_RDMA_WRITE_IMM);
+                self.peer.keep(crate::peer::PeerMessage {
+                    src_qpn: qp.qpn,
+                    dst_qpn: dest,
+                    opcode,
+                    data_hex: hex(&data),
+                    imm_hex: imm.then(|| hex(&w.imm)),
+                    remote_addr: write.then_some(w.remote_addr),
+                });
+                Ok(len as u32)
+            }
+            hw::WR_RDMA_READ => {
+                let data = self.peer.read(w.remote_addr, len).map_err(|_| oob)?;
+                let lp = self.local_pieces(qp, &w.sges, true, false)?;
+                self.scatter(&lp, &data, None)?;
+                Ok(len as u32)
+            }
+            hw::WR_ATOMIC_CMP_SWP | hw::WR_ATOMIC_FETCH_ADD => {
+                if inline || len != 8 {
+                    return Err(Fail::Local(hw::WC_LOC_LEN_ERR));
+                }
+                if !w.remote_addr.is_multiple_of(8) {
+                    return Err(Fail::Remote(hw::WC_REM_INV_REQ_ERR, dest));
+                }
+                let lp = self.local_pieces(qp, &w.sges, true, false)?;
+                let (c, sw) = (w.compare_add, w.swap);
+                let old = if w.opcode == hw::WR_ATOMIC_CMP_SWP {
+                    self.peer
+                        .atomic(w.remote_addr, |v| if v == c { sw } else { v })
+                } else {
+                    self.peer.atomic(w.remote_addr, |v| v.wrapping_add(c))
+                }
+                .map_err(|_| oob)?;
+                self.scatter(&lp, &old.to_le_bytes(), None)?;
+                Ok(8)
+            }
+            _ => Err(Fail::Local(hw::WC_LOC_QP_OP_ERR)),
+        }
+    }
+
     // ---- execution ----------------------------------------------------
 
     /// Runs one send WQE to completion; Ok(byte_len for the CQE).
@@ -1024,6 +1273,9 @@ impl Engine {
             return self.execute_ud(qp, w, len);
         }
         let dest = qp.attrs.dest_qpn;
+        if (hw::QPN_INJECTOR_FIRST..=hw::QPN_INJECTOR_LAST).contains(&dest) {
+            return self.execute_to_peer(qp, w, len);
+        }
         let resp = match self.verbs.qps.get(&dest) {
             Some(r) if r.qtype == QpType::Rc && r.can_receive() && r.attrs.dest_qpn == qp.qpn => {
                 r.clone()
@@ -1270,6 +1522,61 @@ impl Engine {
         self.complete_rq(target.qpn, c, w.flags & hw::WQE_F_SOLICITED != 0);
         Ok(len as u32)
     }
+}
+
+/// A control-socket request to the wire injector peer.
+#[derive(Clone, Debug)]
+pub enum PeerRequest {
+    /// Take up to this many kept messages.
+    Take(usize),
+    /// Read the peer buffer.
+    Read(u64, u64),
+    /// Write the peer buffer.
+    Write(u64, Vec<u8>),
+    /// Resize the peer buffer.
+    Resize(usize),
+    /// Deliver a SEND from injector QPN `src` to guest QP `dst`.
+    Send {
+        /// Injector QPN.
+        src: u32,
+        /// Guest QP.
+        dst: u32,
+        /// Payload.
+        data: Vec<u8>,
+        /// Immediate data.
+        imm: Option<[u8; 4]>,
+        /// UD/GSI: the Q_Key (default: the QP's own).
+        qkey: Option<u32>,
+    },
+}
+
+/// The engine's answer to a `PeerRequest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerReply {
+    /// Kept messages and how many were dropped so far.
+    Messages(Vec<crate::peer::PeerMessage>, u64),
+    /// Buffer bytes (reads) or nothing (writes, resize), or why not.
+    Data(Result<Vec<u8>, String>),
+    /// What became of a SEND.
+    Send(SendOutcome),
+}
+
+/// What became of an injector SEND.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Placed in a receive buffer, CQE written.
+    Delivered,
+    /// A datagram the QP did not accept (Q_Key, state, no buffer).
+    Dropped,
+    /// No receive buffer yet, or a page fault is being resolved: try again.
+    Wait,
+    /// The QP is not connected to that injector QPN, or not receiving, or
+    /// the receive buffer was too small (the QP went to ERR).
+    Invalid,
+    /// The receive buffer could not be written (the QP went to ERR).
+    AccessError,
+    /// Bus mastering is off.
+    Fenced,
 }
 
 /// The CQE opcode of a send WQE opcode.

@@ -98,6 +98,13 @@ pub enum EngineMsg {
         /// Value written.
         value: u32,
     },
+    /// A control-socket request to the wire injector peer.
+    Peer {
+        /// The request.
+        req: crate::datapath::PeerRequest,
+        /// Reply channel.
+        reply: SyncSender<crate::datapath::PeerReply>,
+    },
     /// The fault plan changed (wakes the engine).
     Wake,
     /// Stop the thread.
@@ -145,7 +152,7 @@ pub fn build_queue(regs: &QueueRegs, mem: &GuestMemoryMmap) -> Option<Queue> {
 }
 
 pub(crate) struct Pending {
-    op: RemoteOp,
+    pub(crate) op: RemoteOp,
     port: Arc<dyn Port>,
     id: u64,
     deadline: Instant,
@@ -202,6 +209,12 @@ pub struct Engine {
     pub(crate) tables: Tables,
     /// CQs, QPs and AHs.
     pub(crate) verbs: Verbs,
+    /// The wire injector as a QP peer.
+    pub(crate) peer: crate::peer::Peer,
+    /// Outstanding page-fault tokens of injector SENDs, by guest QPN.
+    pub(crate) peer_faults: BTreeMap<u32, u32>,
+    /// Guest QPs whose injector SEND fault was answered with an error.
+    pub(crate) peer_failed: std::collections::BTreeSet<u32>,
     /// Requester QPs waiting for a receive buffer (receiver not ready).
     pub(crate) rnr: BTreeMap<u32, crate::datapath::RnrWait>,
     /// Translation entries held by all MRs (kept in step with `tables`).
@@ -306,6 +319,9 @@ impl Engine {
             tables: Tables::default(),
             verbs: Verbs::default(),
             rnr: BTreeMap::new(),
+            peer: crate::peer::Peer::default(),
+            peer_faults: BTreeMap::new(),
+            peer_failed: std::collections::BTreeSet::new(),
             mapped_total: 0,
             parked: BTreeMap::new(),
             expired: VecDeque::new(),
@@ -458,6 +474,10 @@ impl Engine {
                     faults: 0,
                 });
             }
+            EngineMsg::Peer { req, reply } => {
+                let r = self.peer_request(req);
+                let _ = reply.try_send(r);
+            }
             EngineMsg::QueryMr { key, reply } => {
                 let _ = reply.try_send(self.mr_info(key));
             }
@@ -495,6 +515,8 @@ impl Engine {
         self.tables.clear();
         self.verbs.clear();
         self.rnr.clear();
+        self.peer_faults.clear();
+        self.peer_failed.clear();
         self.mapped_total = 0;
         self.sh
             .oracle
@@ -1007,6 +1029,19 @@ impl Engine {
             "resume",
             serde_json::json!({ "token": token, "status": status }),
         );
+        if let Some(qpn) = self
+            .peer_faults
+            .iter()
+            .find(|(_, t)| **t == token)
+            .map(|(q, _)| *q)
+        {
+            self.peer_faults.remove(&qpn);
+            if status != 0 {
+                Counters::inc(&self.sh.counters.resume_errors);
+                self.peer_failed.insert(qpn);
+            }
+            return (hw::STATUS_OK, out);
+        }
         if let Some((qpn, remote)) = parked.wr {
             if self.sh.fire(FaultKind::FailResume).is_some() {
                 self.fail_head_wr(qpn, remote);
@@ -1187,6 +1222,11 @@ impl Engine {
             return p.finish(&counters, RemoteStatus::Success, Vec::new());
         }
         let (key, va) = (p.op.rkey, p.op.va);
+        if let Some(dst) = p.op.dst_qpn {
+            if let Err(status) = self.check_responder_qp(dst, p.op.src_qpn, key, access) {
+                return p.finish(&counters, status, Vec::new());
+            }
+        }
         let Some(mr) = self.tables.get_mut(key) else {
             return p.finish(&counters, RemoteStatus::RemoteAccessError, Vec::new());
         };
@@ -1201,7 +1241,7 @@ impl Engine {
                 p.faults = p.faults.saturating_add(1);
                 Counters::inc(&counters.page_faults);
                 let token = self.alloc_token();
-                let qpn = p.op.src_qpn;
+                let qpn = p.op.dst_qpn.unwrap_or(p.op.src_qpn);
                 self.parked.insert(
                     token,
                     Parked {

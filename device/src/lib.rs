@@ -26,6 +26,7 @@ pub mod irq;
 pub mod mr;
 pub mod oracle;
 pub mod pci;
+pub mod peer;
 pub mod port;
 pub mod server;
 pub mod trace;

@@ -909,3 +909,188 @@ fn large_transfers_cross_pages_and_sges() {
     assert_eq!(d.ram.read(DATA + 0x20000, 50_000), msg[..50_000]);
     assert_eq!(d.ram.read(DATA + 0x30000, n - 50_000), msg[50_000..]);
 }
+
+#[test]
+fn the_wire_injector_as_a_qp_peer() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_PINNED, VA, 16 * 4096);
+    d.map_pages(key, VA, DATA, 16);
+    let mut cq = d.create_cq(64, 2, 0);
+    let mut q = d.create_qp(pd, &cq, &cq, hw::QPT_RC, 0, 0);
+    let peer = hw::QPN_INJECTOR_FIRST + 1;
+    d.connect_rc(q.qpn, peer, 7);
+    let sig = hw::WQE_F_SIGNALED;
+    // guest -> injector: SEND and WRITE are kept; WRITE lands in the peer buffer
+    d.ram.write(DATA, b"hello injector");
+    d.post_send(
+        &mut q,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_SEND_IMM,
+            flags: sig,
+            imm: [0, 0, 0, 7],
+            sges: vec![(VA, 14, key)],
+            ..Default::default()
+        },
+    );
+    d.post_send(
+        &mut q,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: 0x100,
+            sges: vec![(VA, 5, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut cq, 2);
+    assert!(w.iter().all(|c| c.status == hw::WC_SUCCESS), "{w:?}");
+    let sent = td.ctl(json!({"op": "peer_sent"}));
+    let m = sent["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0]["opcode"], "send_imm");
+    assert_eq!(m[0]["src_qpn"], q.qpn);
+    assert_eq!(m[0]["dst_qpn"], peer);
+    assert_eq!(m[0]["data_hex"], "68656c6c6f20696e6a6563746f72");
+    assert_eq!(m[0]["imm_hex"], "00000007");
+    assert_eq!(m[1]["opcode"], "write");
+    assert_eq!(m[1]["remote_addr"], 0x100);
+    assert_eq!(
+        td.ctl(json!({"op": "peer_memory", "offset": 0x100, "length": 5}))["data_hex"],
+        "68656c6c6f"
+    );
+    assert_eq!(
+        td.ctl(json!({"op": "peer_sent"}))["messages"],
+        json!([]),
+        "taken"
+    );
+    // READ and atomics are answered from the peer buffer
+    td.ctl(json!({"op": "peer_memory", "offset": 0x200, "data_hex": "0102030405060708"}));
+    d.post_send(
+        &mut q,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_RDMA_READ,
+            flags: sig,
+            remote_addr: 0x200,
+            sges: vec![(VA + 0x1000, 8, key)],
+            ..Default::default()
+        },
+    );
+    d.post_send(
+        &mut q,
+        &SendWr {
+            wr_id: 4,
+            opcode: hw::WR_ATOMIC_FETCH_ADD,
+            flags: sig,
+            remote_addr: 0x200,
+            compare_add: 1,
+            sges: vec![(VA + 0x2000, 8, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut cq, 2);
+    assert!(w.iter().all(|c| c.status == hw::WC_SUCCESS), "{w:?}");
+    assert_eq!(d.ram.read(DATA + 0x1000, 8), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(d.ram.r64(DATA + 0x2000), 0x0807060504030201);
+    assert_eq!(
+        td.ctl(json!({"op": "peer_memory", "offset": 0x200, "length": 1}))["data_hex"],
+        "02"
+    );
+    // beyond the peer buffer: a remote access error
+    d.post_send(
+        &mut q,
+        &SendWr {
+            wr_id: 5,
+            opcode: hw::WR_RDMA_READ,
+            flags: sig,
+            remote_addr: u64::MAX - 4,
+            sges: vec![(VA, 8, key)],
+            ..Default::default()
+        },
+    );
+    let w = d.wait_cq(&mut cq, 1);
+    assert_eq!(w[0].status, hw::WC_REM_ACCESS_ERR);
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_QP, q.qpn).out[8], hw::QPS_ERR);
+}
+
+#[test]
+fn the_injector_sends_and_writes_to_a_connected_qp() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_PINNED, VA, 16 * 4096);
+    d.map_pages(key, VA, DATA, 16);
+    let mut cq = d.create_cq(64, 2, 0);
+    let mut q = d.create_qp(pd, &cq, &cq, hw::QPT_RC, 0, 0);
+    let peer = hw::QPN_INJECTOR_FIRST + 5;
+    d.connect_rc(q.qpn, peer, 7);
+    // a SEND waits for a receive buffer
+    let h = {
+        let dev = td.dev.clone();
+        let qpn = q.qpn;
+        std::thread::spawn(move || {
+            odp_rnic::control::Control::new(dev).handle_line(
+                &json!({"op": "send", "qpn": qpn, "src_qpn": peer, "data_hex": "abcdef", "imm_hex": "01020304"}).to_string(),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!h.is_finished());
+    d.post_recv(&mut q, 77, &[(VA + 0x3000, 64, key)]);
+    let r = h.join().unwrap();
+    assert_eq!(
+        (r["status"].as_str(), r["delivered"].as_bool()),
+        (Some("success"), Some(true)),
+        "{r}"
+    );
+    let w = d.wait_cq(&mut cq, 1);
+    assert_eq!(
+        (w[0].wr_id, w[0].byte_len, w[0].src_qp, w[0].flags, w[0].imm),
+        (77, 3, peer, hw::CQE_F_IMM, [1, 2, 3, 4])
+    );
+    assert_eq!(d.ram.read(DATA + 0x3000, 3), [0xab, 0xcd, 0xef]);
+    // from an injector QPN the QP is not connected to: refused
+    let r = td.ctl(json!({"op": "send", "qpn": q.qpn, "src_qpn": peer + 1, "data_hex": "00", "timeout_ms": 50}));
+    assert_eq!(r["status"], "remote_invalid_request");
+    assert_eq!(
+        td.ctl(json!({"op": "send", "qpn": q.qpn, "src_qpn": 5, "data_hex": "00"}))["ok"],
+        false
+    );
+    // RDMA WRITE through the QP: checked against the QP's rights and PD
+    let r = inject(&td, json!({"op": "write", "rkey": key, "va": VA + 0x4000, "qpn": q.qpn, "src_qpn": peer, "data_hex": "5a5a"})).join().unwrap();
+    assert_eq!(r["status"], "success");
+    assert_eq!(d.ram.read(DATA + 0x4000, 2), [0x5a, 0x5a]);
+    let r = inject(&td, json!({"op": "write", "rkey": key, "va": VA, "qpn": q.qpn, "src_qpn": peer + 2, "data_hex": "00"})).join().unwrap();
+    assert_eq!(r["status"], "remote_invalid_request");
+    // a QP without REMOTE_WRITE NAKs and goes to ERR
+    let cq2 = d.create_cq(16, 2, 0);
+    let q2 = d.create_qp(pd, &cq2, &cq2, hw::QPT_RC, 0, 0);
+    let s = hw::QP_ATTR_STATE;
+    d.modify_qp(
+        q2.qpn,
+        s | hw::QP_ATTR_ACCESS,
+        hw::QPS_INIT,
+        0,
+        0,
+        hw::ACCESS_REMOTE_READ,
+        0,
+    );
+    d.modify_qp(
+        q2.qpn,
+        s | hw::QP_ATTR_PATH | hw::QP_ATTR_MTU | hw::QP_ATTR_DEST_QPN | hw::QP_ATTR_RQ_PSN,
+        hw::QPS_RTR,
+        peer,
+        0,
+        0,
+        0,
+    );
+    let r = inject(&td, json!({"op": "write", "rkey": key, "va": VA, "qpn": q2.qpn, "src_qpn": peer, "data_hex": "00"})).join().unwrap();
+    assert_eq!(r["status"], "remote_access_error");
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_QP, q2.qpn).out[8], hw::QPS_ERR);
+    let r = inject(&td, json!({"op": "read", "rkey": key, "va": VA + 0x4000, "length": 2, "qpn": q.qpn, "src_qpn": peer})).join().unwrap();
+    assert_eq!(r["data_hex"], "5a5a");
+}
