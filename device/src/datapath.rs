@@ -20,7 +20,7 @@ use crate::fault_plan::FaultKind;
 use crate::hw;
 use crate::mr::Translation;
 use crate::verbs::{Ah, CreateCq, CreateQp, Modify, Qp, QpAttrs, QpType, VerbsError};
-use crate::wqe::{grh, Cqe, Sge, Wqe};
+use crate::wqe::{grh, network_header, Cqe, Sge, Wqe};
 
 /// A contiguous piece of a transfer.
 #[derive(Clone, Copy, Debug)]
@@ -1487,7 +1487,8 @@ impl Engine {
                 return Ok(len as u32);
             }
         };
-        let mut data = grh(
+        let mut data = network_header(
+            ah.gid_type,
             &ah.sgid,
             &ah.dgid,
             ah.traffic_class,

@@ -171,7 +171,50 @@ pub fn owner(prod: u32, size: u32) -> u8 {
     (((prod / size) & 1) ^ 1) as u8
 }
 
-/// The 40-byte GRH a UD/GSI receive finds in front of the data.
+/// The 40 bytes a UD/GSI receive finds in front of the data, as RoCE
+/// hardware writes them for `gid_type`: for RoCE v2 over IPv4, 20 zero
+/// bytes and the IPv4 header (so `ib_get_rdma_header_version` recognises
+/// it); otherwise a GRH (next header 0x1b for RoCE v1, UDP for v2 over IPv6).
+pub fn network_header(
+    gid_type: u8,
+    sgid: &[u8; 16],
+    dgid: &[u8; 16],
+    tclass: u8,
+    flow: u32,
+    hop: u8,
+    paylen: u16,
+) -> [u8; 40] {
+    if gid_type != hw::GID_ROCE_V2_IPV4 {
+        let mut g = grh(sgid, dgid, tclass, flow, hop, paylen);
+        if gid_type == hw::GID_ROCE_V2_IPV6 {
+            g[6] = 17;
+        }
+        return g;
+    }
+    let mut h = [0u8; 40];
+    let ip = &mut h[20..40];
+    ip[0] = 0x45;
+    ip[1] = tclass;
+    // IPv4 + UDP + BTH + DETH + payload + ICRC
+    let tot = 20u16.saturating_add(8 + 12 + 8 + 4).saturating_add(paylen);
+    ip[2..4].copy_from_slice(&tot.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = hop;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&sgid[12..16]);
+    ip[16..20].copy_from_slice(&dgid[12..16]);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    h
+}
+
+/// A 40-byte IB GRH.
 pub fn grh(
     sgid: &[u8; 16],
     dgid: &[u8; 16],
@@ -233,6 +276,30 @@ mod tests {
         b[72..76].copy_from_slice(&u32::MAX.to_le_bytes());
         b[88..92].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Wqe::parse(&b), Err(WqeError::TooLong));
+    }
+
+    #[test]
+    fn ipv4_header_checksums_to_zero() {
+        let mut sgid = [0u8; 16];
+        sgid[10..16].copy_from_slice(&[0xff, 0xff, 10, 0, 2, 15]);
+        let mut dgid = sgid;
+        dgid[15] = 16;
+        let h = network_header(hw::GID_ROCE_V2_IPV4, &sgid, &dgid, 0, 0, 64, 100);
+        assert_eq!(&h[..20], &[0u8; 20]);
+        assert_eq!(h[20], 0x45);
+        let mut sum: u32 = h[20..40]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+        assert_eq!(&h[32..36], &[10, 0, 2, 15]);
+        let g = network_header(hw::GID_ROCE_V1, &sgid, &dgid, 0, 0, 64, 100);
+        assert_eq!((g[0] >> 4, g[6]), (6, 0x1b));
+        let g = network_header(hw::GID_ROCE_V2_IPV6, &sgid, &dgid, 0, 0, 64, 100);
+        assert_eq!(g[6], 17);
     }
 
     #[test]

@@ -682,6 +682,7 @@ fn ud_datagrams_with_grh() {
     ah[8..24].copy_from_slice(&[0xfe; 16]);
     ah[30] = 64;
     ah[36..52].copy_from_slice(&[0xab; 16]);
+    ah[52] = hw::GID_ROCE_V1;
     let ahn = d.cmd(hw::CMD_CREATE_AH, &ah, None).u32(0);
     d.ram.write(DATA, b"datagram");
     d.post_recv(&mut b, 7, &[(VA + 0x1000, 100, key)]);
