@@ -8,17 +8,28 @@
 # and rebuilt lazily by scripts/vm when its inputs change.
 # Needs scripts/lib/common.sh.
 
-# Modules loaded at boot, in this order; each one's dependencies are resolved
-# with modprobe inside the root (-C /dev/null: ndctl installs an
-# "install libnvdimm" rule), one module at a time (modprobe treats a
-# second name as a parameter of the first). Absent or built-in ones are skipped.
-INITRAMFS_MODULES=(
-	virtio_pci virtio_console virtio_net
-	9pnet_virtio 9p
-	nfit nd_pmem nd_btt dax_pmem_core dax_pmem device_dax
-	crc32c_generic crc32c_intel libcrc32c xfs
-	ib_core ib_uverbs ib_umad iw_cm ib_cm rdma_cm rdma_ucm
-)
+# Modules loaded at boot, in three groups: "boot" (what mounting the root
+# needs) first, then "pmem" and "rdma" in two parallel chains while the
+# root is mounted. Each module's dependencies are resolved with modprobe
+# inside the root (-C /dev/null: ndctl installs an "install libnvdimm"
+# rule), one module at a time (modprobe treats a second name as a parameter
+# of the first); a dependency of both chains is loaded with "boot". Absent
+# or built-in modules are skipped.
+# shellcheck disable=SC2034 # the three lists are read through a nameref
+INITRAMFS_BOOT=(virtio_pci virtio_console 9pnet_virtio 9p)
+INITRAMFS_PMEM=(nfit nd_pmem nd_btt dax_pmem_core dax_pmem device_dax
+	crc32c_generic crc32c_intel libcrc32c xfs)
+INITRAMFS_RDMA=(virtio_net ib_core ib_uverbs ib_umad iw_cm ib_cm rdma_cm rdma_ucm)
+
+# Sections dropped from the boot modules: the ftrace call-site list
+# (__mcount_loc: ftrace would patch every site at load, which is most of
+# xfs.ko's 2 s under TCG) and the call-depth/return-thunk site lists, which
+# are only patched with mitigations (the lab boots mitigations=off; the
+# unpatched sites jump to the plain return thunk). BTF and ORC unwind data
+# stay. Cost: ftrace's function tracer cannot trace these modules' functions
+# (kprobes can).
+INITRAMFS_STRIP=(__mcount_loc .rela__mcount_loc .call_sites .rela.call_sites
+	.return_sites .rela.return_sites)
 
 initramfs_inputs_key() {
 	cat "$REPO/scripts/guest/init" "$REPO/scripts/guest/stage2" \
@@ -28,7 +39,40 @@ initramfs_inputs_key() {
 # initramfs_path KVER
 initramfs_path() { echo "$LAB/initrd-$1.img"; }
 
-# build_initramfs KVER [--if-stale]: writes $LAB/initrd-KVER.img.
+# vmlinux_path KVER: the uncompressed kernel that scripts/vm boots through
+# PVH when it exists.
+vmlinux_path() { echo "$LAB/vmlinux-$1"; }
+
+# extract_vmlinux KVER: writes $LAB/vmlinux-KVER, the ELF image inside the
+# kernel's bzImage (what the kernel's scripts/extract-vmlinux does, for the
+# zstd, xz and gzip payloads), if the kernel can boot through PVH (QEMU then
+# loads the ELF directly: no decompressor run under TCG). Otherwise, or if
+# the extraction fails, removes it and scripts/vm boots the bzImage.
+extract_vmlinux() {
+	local kver=$1 out img
+	out=$(vmlinux_path "$kver")
+	img=$ROOT/boot/vmlinuz-$kver
+	rm -f "$out"
+	grep -q '^CONFIG_PVH=y' "$ROOT/boot/config-$kver" 2>/dev/null || return 0
+	# shellcheck disable=SC2016
+	in_root python3 -c '
+import subprocess, sys
+img = sys.stdin.buffer.read()
+for magic, cmd in ((b"\x28\xb5\x2f\xfd", ["zstd", "-qdc"]), (b"\xfd7zXZ\x00", ["xz", "-qdc"]),
+                   (b"\x1f\x8b\x08", ["gzip", "-qdc"])):
+    at = img.find(magic)
+    while at >= 0:
+        p = subprocess.run(cmd, input=img[at:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if p.stdout[:4] == b"\x7fELF":
+            sys.stdout.buffer.write(p.stdout)
+            sys.exit(0)
+        at = img.find(magic, at + 1)
+sys.exit(1)' <"$img" >"$out.new" 2>/dev/null || { rm -f "$out.new"; return 0; }
+	mv "$out.new" "$out"
+}
+
+# build_initramfs KVER [--if-stale]: writes $LAB/initrd-KVER.img (and
+# $LAB/vmlinux-KVER, see extract_vmlinux).
 build_initramfs() {
 	local kver=$1 out key tmp m line path name
 	out=$(initramfs_path "$kver")
@@ -44,15 +88,38 @@ build_initramfs() {
 	mkdir -p "$tmp"/{bin,dev,proc,sys,newroot,modules}
 	cp "$ROOT/usr/bin/busybox" "$tmp/bin/busybox"
 	for m in sh mount umount insmod switch_root mkdir cat echo sleep poweroff \
-		grep cp ls mknod ln; do
+		grep cp ls mknod ln chmod hostname ip uname; do
 		ln -s busybox "$tmp/bin/$m"
 	done
-	: >"$tmp/modules/order"
-	for m in "${INITRAMFS_MODULES[@]}"; do
-		in_root modprobe -C /dev/null -S "$kver" --show-depends "$m" 2>/dev/null || true
-	done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }' >"$tmp/modules/paths"
+	local g strip=()
+	for m in "${INITRAMFS_STRIP[@]}"; do strip+=(-R "$m"); done
+	for g in boot pmem rdma; do
+		local -n mods="INITRAMFS_${g^^}"
+		for m in "${mods[@]}"; do
+			in_root modprobe -C /dev/null -S "$kver" --show-depends "$m" 2>/dev/null |
+				awk -v g="$g" '$1 == "insmod" { print g, $2 }' || true
+		done
+	done | awk '
+		!seen[$1, $2]++ { n++; grp[n] = $1; path[n] = $2; in_grp[$2] = in_grp[$2] " " $1 }
+		END {
+			for (i = 1; i <= n; i++) {
+				p = path[i]
+				if (done[p]++) continue
+				g = grp[i]
+				if (in_grp[p] ~ / boot/ || (in_grp[p] ~ / pmem/ && in_grp[p] ~ / rdma/)) g = "boot"
+				print g, p
+			}
+		}' >"$tmp/modules/paths"
+	: >"$tmp/modules/boot.order"
+	: >"$tmp/modules/pmem.order"
+	: >"$tmp/modules/rdma.order"
+	# (boot first: a shared dependency moved to boot must precede the chains.)
+	for g in boot pmem rdma; do
+		awk -v g="$g" '$1 == g { print $2 }' "$tmp/modules/paths"
+	done >"$tmp/modules/ordered"
 	while read -r path; do
 		name=$(basename "$path")
+		g=$(awk -v p="$path" '$2 == p { print $1; exit }' "$tmp/modules/paths")
 		case "$name" in
 		*.ko.xz) name=${name%.xz}; in_root xz -dc "$path" >"$tmp/modules/$name" ;;
 		*.ko.zst) name=${name%.zst}; in_root zstd -qdc "$path" >"$tmp/modules/$name" ;;
@@ -60,9 +127,13 @@ build_initramfs() {
 		*.ko) cp "$ROOT$path" "$tmp/modules/$name" ;;
 		*) continue ;;
 		esac
-		echo "$name" >>"$tmp/modules/order"
-	done <"$tmp/modules/paths"
-	line=$(wc -l <"$tmp/modules/order")
+		if [ -x "$ROOT/usr/bin/objcopy" ]; then
+			in_root objcopy "${strip[@]}" "${tmp#"$ROOT"}/modules/$name"
+		fi
+		echo "$name" >>"$tmp/modules/$g.order"
+	done <"$tmp/modules/ordered"
+	rm -f "$tmp/modules/paths" "$tmp/modules/ordered"
+	line=$(cat "$tmp"/modules/*.order | wc -l)
 	[ "$line" -gt 0 ] || die "no modules found for $kver"
 	install -m 0755 "$REPO/scripts/guest/init" "$tmp/init"
 	install -m 0755 "$REPO/scripts/guest/stage2" "$tmp/stage2"
@@ -71,6 +142,7 @@ build_initramfs() {
 	in_root sh -c "cd ${tmp#"$ROOT"} && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet" >"$out.new"
 	mv "$out.new" "$out"
 	rm -rf "$tmp"
+	extract_vmlinux "$kver"
 	mkdir -p "$STAMPS"
 	echo "$key" >"$STAMPS/initramfs-$kver"
 }
