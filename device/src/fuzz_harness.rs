@@ -371,7 +371,12 @@ impl Harness {
                 }
                 6 => {
                     let n = inp.byte().unwrap_or(0) as usize;
-                    let line = String::from_utf8_lossy(inp.bytes(n)).into_owned();
+                    let mut line = String::from_utf8_lossy(inp.bytes(n)).into_owned();
+                    // requests that wait for the guest wait 1 ms here
+                    if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(&line) {
+                        m.insert("timeout_ms".into(), serde_json::json!(1));
+                        line = serde_json::Value::Object(m).to_string();
+                    }
                     let _ = self.control.handle_line(&line);
                     // fault plan `kill` ends the process by design: not a finding
                     self.dev

@@ -250,9 +250,10 @@ pub fn transition_ok(qtype: QpType, cur: u8, new: u8, mask: u32) -> bool {
             _ => (0, QP_ATTR_QKEY),
         },
         (QPS_INIT, QPS_RTR) => match qtype {
+            // min_rnr_timer travels with QP_ATTR_RETRY
             QpType::Rc => (
                 QP_ATTR_PATH | QP_ATTR_MTU | QP_ATTR_DEST_QPN | QP_ATTR_RQ_PSN,
-                QP_ATTR_ACCESS,
+                QP_ATTR_ACCESS | QP_ATTR_RETRY,
             ),
             _ => (0, QP_ATTR_QKEY),
         },
@@ -267,7 +268,14 @@ pub fn transition_ok(qtype: QpType, cur: u8, new: u8, mask: u32) -> bool {
             QpType::Rc => (0, QP_ATTR_ACCESS | QP_ATTR_PATH | QP_ATTR_RETRY),
             _ => (0, QP_ATTR_QKEY),
         },
-        (QPS_RTS, QPS_SQD) | (QPS_SQD, QPS_SQD) => (0, 0),
+        (QPS_RTS, QPS_SQD) => (0, 0),
+        (QPS_SQD, QPS_SQD) => match qtype {
+            QpType::Rc => (
+                0,
+                QP_ATTR_ACCESS | QP_ATTR_PATH | QP_ATTR_RETRY | QP_ATTR_MTU,
+            ),
+            _ => (0, QP_ATTR_QKEY),
+        },
         _ => return false,
     };
     let given = mask & !QP_ATTR_STATE;
@@ -467,8 +475,6 @@ impl Verbs {
         }
         if set(hw::QP_ATTR_PATH) {
             t.dgid = a.dgid;
-            t.min_rnr_timer = a.min_rnr_timer;
-            t.timeout = a.timeout;
         }
         if set(hw::QP_ATTR_DEST_QPN) {
             t.dest_qpn = a.dest_qpn;
@@ -485,6 +491,8 @@ impl Verbs {
         if set(hw::QP_ATTR_RETRY) {
             t.retry_cnt = a.retry_cnt & 7;
             t.rnr_retry = a.rnr_retry & 7;
+            t.min_rnr_timer = a.min_rnr_timer & 31;
+            t.timeout = a.timeout & 31;
         }
         if set(hw::QP_ATTR_MTU) {
             t.path_mtu = a.path_mtu;
@@ -584,6 +592,25 @@ mod tests {
         assert!(transition_ok(rc, QPS_RTS, QPS_SQD, QP_ATTR_STATE));
         assert!(transition_ok(rc, QPS_SQD, QPS_RTS, QP_ATTR_STATE));
         assert!(!transition_ok(rc, QPS_RTS, 7, QP_ATTR_STATE));
+    }
+
+    #[test]
+    fn rtr_takes_the_rnr_timer() {
+        // ibv_modify_qp to RTR carries IB_QP_MIN_RNR_TIMER, which the
+        // driver sends as QP_ATTR_RETRY
+        let rtr = QP_ATTR_STATE
+            | QP_ATTR_PATH
+            | QP_ATTR_MTU
+            | QP_ATTR_DEST_QPN
+            | QP_ATTR_RQ_PSN
+            | QP_ATTR_RETRY;
+        assert!(transition_ok(QpType::Rc, QPS_INIT, QPS_RTR, rtr));
+        assert!(transition_ok(
+            QpType::Rc,
+            QPS_SQD,
+            QPS_SQD,
+            QP_ATTR_STATE | QP_ATTR_RETRY
+        ));
     }
 
     #[test]
