@@ -10,9 +10,11 @@
 #
 #   1. the tree is copied once to $ROOT/opt/odp-rnic/rdma-core (again when
 #      the root's rdma-core version changes);
-#   2. odprnic.c, odprnic.h, CMakeLists.txt go to providers/odprnic/, the
-#      kernel driver's uverbs header to providers/odprnic/include/rdma/, and
-#      add_subdirectory(providers/odprnic) to the top CMakeLists.txt;
+#   2. odprnic.c, odprnic_dp.c, odprnic.h, CMakeLists.txt go to
+#      providers/odprnic/, the kernel driver's uverbs header to
+#      providers/odprnic/include/rdma/ and its ring layouts (odp_rnic_hw.h)
+#      to providers/odprnic/include/, and add_subdirectory(providers/odprnic)
+#      to the top CMakeLists.txt;
 #   3. inside chroot $ROOT: cmake (once) and ninja odprnic-rdmav<PABI>;
 #   4. libodprnic-rdmav<PABI>.so goes to /usr/lib/x86_64-linux-gnu/libibverbs/
 #      and odprnic.driver to /etc/libibverbs.d/ in the root. Debian's own
@@ -28,6 +30,7 @@ LAB=${ODP_RNIC_LAB:-${XDG_CACHE_HOME:-$HOME/.cache}/odp-rnic}
 ROOT=${ROOT:-$LAB/root}
 TREE=/opt/odp-rnic/rdma-core # inside the root
 ABI_HEADER=$REPO/guest-driver/include/rdma/odp_rnic-abi.h
+HW_HEADER=$REPO/guest-driver/kernel/odp_rnic_hw.h
 LIBDIR=/usr/lib/x86_64-linux-gnu
 
 log() { echo "[provider] $*"; }
@@ -41,6 +44,7 @@ if [ ! -x "$ROOT/usr/bin/cmake" ] || [ ! -x "$ROOT/usr/bin/ninja" ]; then
 	die "no cmake/ninja in $ROOT: run scripts/lab-setup first"
 fi
 [ -f "$ABI_HEADER" ] || die "missing $ABI_HEADER"
+[ -f "$HW_HEADER" ] || die "missing $HW_HEADER"
 
 # One build at a time per root.
 exec 9>"$ROOT/opt/odp-rnic/.provider-build.lock"
@@ -73,10 +77,11 @@ sync_file() {
 	cmp -s "$1" "$2" || install -m 0644 "$1" "$2"
 }
 pdir=$tree/providers/odprnic
-for f in odprnic.c odprnic.h CMakeLists.txt; do
+for f in odprnic.c odprnic_dp.c odprnic.h CMakeLists.txt; do
 	sync_file "$HERE/$f" "$pdir/$f"
 done
 sync_file "$ABI_HEADER" "$pdir/include/rdma/odp_rnic-abi.h"
+sync_file "$HW_HEADER" "$pdir/include/odp_rnic_hw.h"
 
 if ! grep -q '^add_subdirectory(providers/odprnic)' "$tree/CMakeLists.txt"; then
 	grep -q '^add_subdirectory(providers/siw)$' "$tree/CMakeLists.txt" ||

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "odprnic.h"
 
@@ -166,48 +167,105 @@ static int odprnic_dereg_mr(struct verbs_mr *vmr)
 }
 
 /*
- * Verbs left out (CQ, QP, SRQ, AH, ...) keep libibverbs' defaults, which fail
- * with EOPNOTSUPP.
+ * Verbs left out (SRQ, MW, XRC, flows, ...) keep libibverbs' defaults, which
+ * fail with EOPNOTSUPP.
  */
 static const struct verbs_context_ops odprnic_ctx_ops = {
 	.advise_mr = ibv_cmd_advise_mr,
 	.alloc_pd = odprnic_alloc_pd,
+	.create_ah = odprnic_create_ah,
+	.create_cq = odprnic_create_cq,
+	.create_qp = odprnic_create_qp,
+	.create_qp_ex = odprnic_create_qp_ex,
 	.dealloc_pd = odprnic_dealloc_pd,
 	.dereg_mr = odprnic_dereg_mr,
+	.destroy_ah = odprnic_destroy_ah,
+	.destroy_cq = odprnic_destroy_cq,
+	.destroy_qp = odprnic_destroy_qp,
 	.free_context = odprnic_free_context,
+	.modify_qp = odprnic_modify_qp,
+	.poll_cq = odprnic_poll_cq,
+	.post_recv = odprnic_post_recv,
+	.post_send = odprnic_post_send,
 	.query_device_ex = odprnic_query_device,
 	.query_port = odprnic_query_port,
+	.query_qp = odprnic_query_qp,
 	.reg_mr = odprnic_reg_mr,
+	.req_notify_cq = odprnic_req_notify_cq,
 };
 
 static struct verbs_context *odprnic_alloc_context(struct ibv_device *ibdev,
 						   int cmd_fd,
 						   void *private_data)
 {
-	struct ib_uverbs_get_context_resp resp = {};
+	struct odprnic_alloc_ucontext_cmd_resp resp = {};
 	struct ibv_get_context cmd = {};
 	struct odprnic_context *ctx;
+	struct ibv_device_attr attr;
 
 	ctx = verbs_init_and_alloc_context(ibdev, cmd_fd, ctx, ibv_ctx,
 					   RDMA_DRIVER_UNKNOWN);
 	if (!ctx)
 		return NULL;
 
-	if (ibv_cmd_get_context(&ctx->ibv_ctx, &cmd, sizeof(cmd), &resp,
-				sizeof(resp))) {
-		verbs_uninit_context(&ctx->ibv_ctx);
-		free(ctx);
-		return NULL;
+	if (ibv_cmd_get_context(&ctx->ibv_ctx, &cmd, sizeof(cmd),
+				&resp.ibv_resp, sizeof(resp)))
+		goto err;
+
+	/*
+	 * A kernel driver without the data path (device interface 1.0)
+	 * answers with db_page 0: MRs only, CQ and QP creation fail in the
+	 * kernel with EOPNOTSUPP.
+	 */
+	if (resp.drv_payload.db_page) {
+		if (resp.drv_payload.wqe_size != ODPRNIC_WQE_SIZE ||
+		    resp.drv_payload.cqe_size != ODPRNIC_CQE_SIZE) {
+			verbs_err(&ctx->ibv_ctx,
+				  "odprnic: kernel WQE/CQE sizes %u/%u, expected %u/%u\n",
+				  resp.drv_payload.wqe_size,
+				  resp.drv_payload.cqe_size, ODPRNIC_WQE_SIZE,
+				  ODPRNIC_CQE_SIZE);
+			errno = EPROTO;
+			goto err;
+		}
+		ctx->db = mmap(NULL, ODPRNIC_DB_PAGE_SIZE, PROT_WRITE,
+			       MAP_SHARED, cmd_fd,
+			       resp.drv_payload.db_mmap_key);
+		if (ctx->db == MAP_FAILED) {
+			verbs_err(&ctx->ibv_ctx,
+				  "odprnic: mapping doorbell page %u failed: %m\n",
+				  resp.drv_payload.db_page);
+			ctx->db = NULL;
+			goto err;
+		}
+		ctx->db_page = resp.drv_payload.db_page;
+		ctx->max_inline = resp.drv_payload.max_inline;
+		if (ctx->max_inline > ODPRNIC_MAX_INLINE)
+			ctx->max_inline = ODPRNIC_MAX_INLINE;
 	}
 
 	verbs_set_ops(&ctx->ibv_ctx, &odprnic_ctx_ops);
+
+	/* atomics are refused before posting when the device has none */
+	if (!ibv_query_device(&ctx->ibv_ctx.context, &attr))
+		ctx->atomics = attr.atomic_cap != IBV_ATOMIC_NONE;
+	verbs_debug(&ctx->ibv_ctx,
+		    "odprnic: doorbell page %u, max_inline %u, atomics %d\n",
+		    ctx->db_page, ctx->max_inline, ctx->atomics);
 	return &ctx->ibv_ctx;
+
+err:
+	verbs_uninit_context(&ctx->ibv_ctx);
+	free(ctx);
+	return NULL;
 }
 
 static void odprnic_free_context(struct ibv_context *ibctx)
 {
 	struct odprnic_context *ctx = to_octx(ibctx);
 
+	if (ctx->db)
+		munmap(ctx->db, ODPRNIC_DB_PAGE_SIZE);
 	verbs_uninit_context(&ctx->ibv_ctx);
 	free(ctx);
 }
