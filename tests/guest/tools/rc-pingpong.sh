@@ -1,0 +1,59 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0 OR MIT
+#
+# ibv_rc_pingpong -g 0 between two processes in the guest (TCP 18515 on
+# localhost for the exchange), with buffer validation (-c):
+#   plain        pinned MRs
+#   -o           an ODP MR
+#   -o -P        an ODP MR prefetched with ibv_advise_mr (-P needs -o)
+#   -O           implicit ODP, only when the kernel advertises it
+# With the device's ODP on the ODP variants pass; with it off they must be
+# refused cleanly: both processes exit non-zero, neither by the time limit.
+set -uo pipefail
+. "$(dirname "$0")/common.bash"
+tools_setup ibv_rc_pingpong
+LIMIT=${LIMIT:-60}
+ITERS=${ITERS:-100}
+
+pp() {
+	local desc=$1 expect=$2
+	shift 2
+	run_pair "$LIMIT" ibv_rc_pingpong -d "$IBDEV" -g 0 -p "$PORT" -n "$ITERS" -c "$@" -- \
+		ibv_rc_pingpong -d "$IBDEV" -g 0 -p "$PORT" -n "$ITERS" -c "$@" localhost
+	if [ "$expect" = pass ]; then
+		if pair_ok && ! grep -q "Couldn't prefetch" <<<"$SRV_OUT$CLI_OUT"; then
+			t_ok "$desc: $(grep -m1 'iters in' <<<"$CLI_OUT")"
+		else
+			t_fail "$desc" "$(pair_detail)"
+		fi
+	else
+		if pair_refused; then
+			t_ok "$desc: refused ($(grep -m1 -i 'odp\|capable\|on-demand' <<<"$CLI_OUT" || head -1 <<<"$CLI_OUT"))"
+		else
+			t_fail "$desc: expected a clean refusal" "$(pair_detail)"
+		fi
+	fi
+}
+
+if [ "$DATAPATH" = 0 ]; then
+	t_skip "ibv_rc_pingpong" "the kernel driver runs without the data path (max_qp 0)"
+	t_summary
+	exit 0
+fi
+
+pp "ibv_rc_pingpong -g 0" pass
+if [ "$ODP" = true ]; then
+	pp "ibv_rc_pingpong -g 0 -o (ODP MR)" pass
+	pp "ibv_rc_pingpong -g 0 -o -P (ODP MR, prefetched)" pass
+	if has_implicit_odp; then
+		pp "ibv_rc_pingpong -g 0 -O (implicit ODP)" pass
+	else
+		t_skip "ibv_rc_pingpong -g 0 -O (implicit ODP)" \
+			"the kernel does not advertise IBV_ODP_SUPPORT_IMPLICIT"
+	fi
+else
+	pp "ibv_rc_pingpong -g 0 -o with device ODP off" refuse
+	pp "ibv_rc_pingpong -g 0 -o -P with device ODP off" refuse
+	pp "ibv_rc_pingpong -g 0 -O with device ODP off" refuse
+fi
+t_summary
