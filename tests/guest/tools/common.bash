@@ -126,22 +126,28 @@ tools_setup() {
 	echo "# $IBDEV on $NETDEV ($IPADDR), GID 0 $GID0, device ODP $ODP, data path $DATAPATH, kernel $(uname -r)"
 }
 
-# The device's capability register (ODPRNIC_REG_CAPS, BAR 0 offset 0x8),
-# read through sysfs: what the device serves, whatever the kernel shows.
-device_caps() {
-	python3 - "/sys/class/infiniband/$IBDEV/device/resource0" <<'PY'
-import mmap, os, struct, sys
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_SYNC)
-m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
-print(hex(struct.unpack_from("<I", m, 0x8)[0]))
+# Whether the kernel and device create UD QPs: probed with pyverbs
+# (python3-pyverbs) the standard way; EOPNOTSUPP means no. Prints "yes",
+# "no", or the error.
+ud_probe() {
+	python3 - "$IBDEV" <<'PY'
+import errno, sys
+import pyverbs.enums as e
+from pyverbs.device import Context
+from pyverbs.pd import PD
+from pyverbs.cq import CQ
+from pyverbs.qp import QP, QPCap, QPInitAttr
+from pyverbs.pyverbs_error import PyverbsRDMAError
+with Context(name=sys.argv[1]) as ctx:
+    pd = PD(ctx)
+    cq = CQ(ctx, 16)
+    cap = QPCap(max_send_wr=4, max_recv_wr=4, max_send_sge=1, max_recv_sge=1)
+    try:
+        QP(pd, QPInitAttr(qp_type=e.IBV_QPT_UD, scq=cq, rcq=cq, cap=cap)).close()
+        print("yes")
+    except PyverbsRDMAError as ex:
+        print("no" if ex.error_code == errno.EOPNOTSUPP else ex)
 PY
-}
-
-# ODPRNIC_CAP_UD in the capability register.
-has_ud() {
-	local caps
-	caps=$(device_caps 2>/dev/null) || return 1
-	(((caps & 0x20) != 0))
 }
 
 # Implicit ODP as the kernel advertises it (general_odp_caps).

@@ -4,6 +4,8 @@
 # ibv_rc_pingpong -g 0 between two processes in the guest (TCP 18515 on
 # localhost for the exchange), with buffer validation (-c):
 #   plain        pinned MRs
+#   -e           the same, sleeping on CQ events (req_notify_cq, the CQ's
+#                interrupt, the completion channel) instead of polling
 #   -o           an ODP MR
 #   -o -P        an ODP MR prefetched with ibv_advise_mr (-P needs -o)
 #   -O           implicit ODP, only when the kernel advertises it
@@ -42,18 +44,19 @@ if [ "$DATAPATH" = 0 ]; then
 fi
 
 pp "ibv_rc_pingpong -g 0" pass
+pp "ibv_rc_pingpong -g 0 -e (CQ events)" pass -e
 if [ "$ODP" = true ]; then
-	pp "ibv_rc_pingpong -g 0 -o (ODP MR)" pass
-	pp "ibv_rc_pingpong -g 0 -o -P (ODP MR, prefetched)" pass
+	pp "ibv_rc_pingpong -g 0 -o (ODP MR)" pass -o
+	pp "ibv_rc_pingpong -g 0 -o -P (ODP MR, prefetched)" pass -o -P
 	if has_implicit_odp; then
-		pp "ibv_rc_pingpong -g 0 -O (implicit ODP)" pass
+		pp "ibv_rc_pingpong -g 0 -O (implicit ODP)" pass -O
 	else
 		t_skip "ibv_rc_pingpong -g 0 -O (implicit ODP)" \
 			"the kernel does not advertise IBV_ODP_SUPPORT_IMPLICIT"
 	fi
 else
-	pp "ibv_rc_pingpong -g 0 -o with device ODP off" refuse
-	pp "ibv_rc_pingpong -g 0 -o -P with device ODP off" refuse
-	pp "ibv_rc_pingpong -g 0 -O with device ODP off" refuse
+	pp "ibv_rc_pingpong -g 0 -o with device ODP off" refuse -o
+	pp "ibv_rc_pingpong -g 0 -o -P with device ODP off" refuse -o -P
+	pp "ibv_rc_pingpong -g 0 -O with device ODP off" refuse -O
 fi
 t_summary

@@ -15,11 +15,20 @@ if [ "$DATAPATH" = 0 ]; then
 	t_summary
 	exit 0
 fi
-if ! has_ud; then
-	t_skip "ibv_ud_pingpong" "the device does not serve UD QPs (REG_CAPS $(device_caps 2>&1) lacks ODPRNIC_CAP_UD 0x20)"
+ud=$(ud_probe 2>&1)
+case "$ud" in
+yes) ;;
+no)
+	t_skip "ibv_ud_pingpong" "UD QPs refused with EOPNOTSUPP (the device lacks ODPRNIC_CAP_UD)"
 	t_summary
 	exit 0
-fi
+	;;
+*)
+	t_fail "ibv_ud_pingpong: probing for UD QPs" "$ud"
+	t_summary
+	exit 1
+	;;
+esac
 # the message must fit the active MTU (1024 on a 1500-byte netdev)
 run_pair "$LIMIT" ibv_ud_pingpong -d "$IBDEV" -g 0 -p "$PORT" -n "$ITERS" -s 1024 -c -- \
 	ibv_ud_pingpong -d "$IBDEV" -g 0 -p "$PORT" -n "$ITERS" -s 1024 -c localhost
