@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0 OR MIT
-//! Every constant of the hardware contract (`docs/hardware.md`, interface 1.0).
+//! Every constant of the hardware contract (`docs/hardware.md`, interface 1.1).
 //!
 //! Names are the contract's C names without the `ODPRNIC_` prefix. One
 //! `pub const NAME: TYPE = VALUE;` per line: `tests/contract.rs` parses this
@@ -8,7 +8,7 @@
 /// incompatible changes bump it; a driver refuses a major it does not know
 pub const VERSION_MAJOR: u32 = 1;
 /// compatible additions
-pub const VERSION_MINOR: u32 = 0;
+pub const VERSION_MINOR: u32 = 1;
 /// experimental vendor ID, as used by QEMU's own example devices
 pub const PCI_VENDOR_ID: u16 = 0x1234;
 /// odp-rnic

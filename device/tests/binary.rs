@@ -95,7 +95,7 @@ fn sockets_and_control() {
     let v = ask(&mut a, r#"{"op":"version","id":"x"}"#);
     assert_eq!(
         v,
-        json!({"ok":true,"id":"x","protocol":1,"device":"odp-rnic","interface":"1.0","odp":false})
+        json!({"ok":true,"id":"x","protocol":1,"device":"odp-rnic","interface":"1.1","odp":false})
     );
     // one bad request does not hurt the connection or the other client
     assert_eq!(ask(&mut b, "this is not json")["ok"], false);

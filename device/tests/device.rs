@@ -118,7 +118,7 @@ fn discovery() {
     let v = td.ctl(json!({"op": "version", "id": 7}));
     assert_eq!(
         v,
-        json!({"ok": true, "id": 7, "protocol": 1, "device": "odp-rnic", "interface": "1.0", "odp": true})
+        json!({"ok": true, "id": 7, "protocol": 1, "device": "odp-rnic", "interface": "1.1", "odp": true})
     );
 }
 

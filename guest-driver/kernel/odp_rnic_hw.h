@@ -22,7 +22,7 @@
 
 /* Interface version */
 #define ODPRNIC_VERSION_MAJOR	1
-#define ODPRNIC_VERSION_MINOR	0
+#define ODPRNIC_VERSION_MINOR	1
 
 /* PCI identity */
 #define ODPRNIC_PCI_VENDOR_ID	0x1234
