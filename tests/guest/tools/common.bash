@@ -98,6 +98,26 @@ with Control.open() as c:
     print("true" if c.version()["odp"] else "false")'
 }
 
+# "PAGE_FAULTS VIOLATIONS": the device's cumulative counters.
+dev_counters() {
+	python3 -c 'from odprnic_ctl import Control
+with Control.open() as c:
+    n = c.counters()["counters"]
+    print(n["page_faults"], n["violations"])'
+}
+
+# ODP bookkeeping around a run: odp_mark before, odp_delta after sets
+# FAULTS and VIOLATIONS to what the run added (empty when unreadable).
+odp_mark() { read -r M_FAULTS M_VIOL < <(dev_counters 2>/dev/null || echo "- -"); }
+odp_delta() {
+	local f v
+	read -r f v < <(dev_counters 2>/dev/null || echo "- -")
+	FAULTS='' VIOLATIONS=''
+	case "$f$v$M_FAULTS$M_VIOL" in *-*) return ;; esac
+	# shellcheck disable=SC2034 # for the tests that source this
+	FAULTS=$((f - M_FAULTS)) VIOLATIONS=$((v - M_VIOL))
+}
+
 tools_setup() {
 	local what=${1:-tools}
 	if ! t_has_device; then

@@ -35,17 +35,23 @@ pt() {
 		t_skip "$desc" "the device has no atomics (atomic_cap ATOMIC_NONE)"
 		return
 	fi
+	odp_mark
 	run_pair "$LIMIT" "$tool" "${args[@]}" -- "$tool" "${args[@]}" localhost
+	odp_delta
 	if [ "$odp" = odp ] && [ "$ODP" = false ]; then
 		if pair_refused; then
 			t_ok "$desc with device ODP off: refused ($(grep -m1 -i 'odp\|on.demand' <<<"$CLI_OUT$SRV_OUT" || head -1 <<<"$CLI_OUT"))"
 		else
 			t_fail "$desc with device ODP off: expected a clean refusal" "$(pair_detail)"
 		fi
-	elif pair_ok && [ -n "$(result)" ]; then
-		t_ok "$desc: $(result)"
-	else
+	elif ! pair_ok || [ -z "$(result)" ]; then
 		t_fail "$desc" "$(pair_detail)"
+	elif [ "${VIOLATIONS:-0}" != 0 ]; then
+		t_fail "$desc: the DMA oracle recorded $VIOLATIONS violations" "$(pair_detail)"
+	elif [ "$odp" = odp ] && [ "${FAULTS:-1}" = 0 ]; then
+		t_fail "$desc: no page fault on the ODP MRs" "$(pair_detail)"
+	else
+		t_ok "$desc: $(result) (device page faults +${FAULTS:-?}, violations +${VIOLATIONS:-?})"
 	fi
 }
 

@@ -18,15 +18,24 @@ LIMIT=${LIMIT:-60}
 ITERS=${ITERS:-100}
 
 pp() {
-	local desc=$1 expect=$2
+	local desc=$1 expect=$2 odp=0
 	shift 2
+	case " $* " in *" -o "* | *" -O "*) odp=1 ;; esac
+	odp_mark
 	run_pair "$LIMIT" ibv_rc_pingpong -d "$IBDEV" -g 0 -p "$PORT" -n "$ITERS" -c "$@" -- \
 		ibv_rc_pingpong -d "$IBDEV" -g 0 -p "$PORT" -n "$ITERS" -c "$@" localhost
+	odp_delta
 	if [ "$expect" = pass ]; then
-		if pair_ok && ! grep -q "Couldn't prefetch" <<<"$SRV_OUT$CLI_OUT"; then
-			t_ok "$desc: $(grep -m1 'iters in' <<<"$CLI_OUT")"
-		else
+		# an ODP MR starts empty: the device must have faulted (a
+		# prefetch may have mapped everything first)
+		if ! pair_ok || grep -q "Couldn't prefetch" <<<"$SRV_OUT$CLI_OUT"; then
 			t_fail "$desc" "$(pair_detail)"
+		elif [ "${VIOLATIONS:-0}" != 0 ]; then
+			t_fail "$desc: the DMA oracle recorded $VIOLATIONS violations" "$(pair_detail)"
+		elif [ "$odp" = 1 ] && [[ " $* " != *" -P "* ]] && [ "${FAULTS:-1}" = 0 ]; then
+			t_fail "$desc: no page fault on an ODP MR" "$(pair_detail)"
+		else
+			t_ok "$desc: $(grep -m1 'iters in' <<<"$CLI_OUT") (device page faults +${FAULTS:-?}, violations +${VIOLATIONS:-?})"
 		fi
 	else
 		if pair_refused; then
