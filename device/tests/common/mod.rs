@@ -97,6 +97,15 @@ impl Ram {
         v
     }
 
+    /// Copies `len` bytes from RAM offset `src` to `dst` (memmove), the
+    /// host-side baseline for the device's own copies.
+    pub fn copy(&self, src: u64, dst: u64, len: usize) {
+        assert!(src as usize + len <= RAM_SIZE && dst as usize + len <= RAM_SIZE);
+        // SAFETY: both ranges bounds checked above; the mapping is valid for
+        // RAM_SIZE; std::ptr::copy allows overlap.
+        unsafe { std::ptr::copy(self.ptr.add(src as usize), self.ptr.add(dst as usize), len) }
+    }
+
     pub fn w16(&self, off: u64, v: u16) {
         self.write(off, &v.to_le_bytes())
     }
