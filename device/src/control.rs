@@ -227,6 +227,11 @@ impl Control {
                 "device": "odp-rnic",
                 "interface": format!("{}.{}", crate::hw::VERSION_MAJOR, crate::hw::VERSION_MINOR),
                 "odp": sh.config.odp,
+                "injector": {
+                    "gid": std::net::Ipv6Addr::from(crate::hw::INJECTOR_GID).to_string(),
+                    "qpn_first": crate::hw::QPN_INJECTOR_FIRST,
+                    "qpn_last": crate::hw::QPN_INJECTOR_LAST,
+                },
             }),
             "counters" => {
                 let m: Map<String, Value> = sh

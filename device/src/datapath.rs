@@ -20,7 +20,7 @@ use crate::fault_plan::FaultKind;
 use crate::hw;
 use crate::mr::Translation;
 use crate::verbs::{Ah, CreateCq, CreateQp, Modify, Qp, QpAttrs, QpType, VerbsError};
-use crate::wqe::{grh, network_header, Cqe, Sge, Wqe};
+use crate::wqe::{network_header, Cqe, Sge, Wqe};
 
 /// A contiguous piece of a transfer.
 #[derive(Clone, Copy, Debug)]
@@ -1137,7 +1137,16 @@ impl Engine {
         };
         let mut buf = Vec::with_capacity(need as usize);
         if datagram {
-            buf.extend_from_slice(&grh(&[0; 16], &g.attrs.dgid, 0, 0, 64, data.len() as u16));
+            // from the injector's IPv4-mapped GID, as RoCE v2 over IPv4
+            buf.extend_from_slice(&network_header(
+                hw::GID_ROCE_V2_IPV4,
+                &hw::INJECTOR_GID,
+                &g.attrs.dgid,
+                0,
+                0,
+                64,
+                data.len() as u16,
+            ));
         }
         buf.extend_from_slice(data);
         match self.scatter(&pieces, &buf, Some(dst)) {

@@ -223,6 +223,25 @@ pub const FAULT_WRITE: u32 = 0x1;
 pub const QPN_INJECTOR_FIRST: u32 = 0xfff000;
 /// last QPN of the wire injector
 pub const QPN_INJECTOR_LAST: u32 = 0xffffff;
+/// bytes 0-7 of the wire injector's GID, big-endian (`subnet_prefix`)
+pub const INJECTOR_GID_PREFIX: u64 = 0x0;
+/// bytes 8-15 of the wire injector's GID, big-endian (`interface_id`):
+/// `::ffff:192.0.2.1`, IPv4-mapped 192.0.2.1 (TEST-NET-1)
+pub const INJECTOR_GID_IID: u64 = 0x0000_ffff_c000_0201;
+/// The wire injector's GID as the 16 bytes of a GRH or `ib_gid`.
+pub static INJECTOR_GID: [u8; 16] = gid_bytes(INJECTOR_GID_PREFIX, INJECTOR_GID_IID);
+
+const fn gid_bytes(prefix: u64, iid: u64) -> [u8; 16] {
+    let (p, i) = (prefix.to_be_bytes(), iid.to_be_bytes());
+    let mut g = [0u8; 16];
+    let mut k = 0;
+    while k < 8 {
+        g[k] = p[k];
+        g[k + 8] = i[k];
+        k += 1;
+    }
+    g
+}
 
 // Interface 1.1: completion queues, queue pairs, address handles, doorbells.
 /// `ODPRNIC_WQE_SIZE` in `docs/hardware.md`.

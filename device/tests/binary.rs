@@ -95,7 +95,8 @@ fn sockets_and_control() {
     let v = ask(&mut a, r#"{"op":"version","id":"x"}"#);
     assert_eq!(
         v,
-        json!({"ok":true,"id":"x","protocol":1,"device":"odp-rnic","interface":"1.1","odp":false})
+        json!({"ok":true,"id":"x","protocol":1,"device":"odp-rnic","interface":"1.1","odp":false,
+               "injector":{"gid":"::ffff:192.0.2.1","qpn_first":0xfff000,"qpn_last":0xffffff}})
     );
     // one bad request does not hurt the connection or the other client
     assert_eq!(ask(&mut b, "this is not json")["ok"], false);

@@ -1095,3 +1095,46 @@ fn the_injector_sends_and_writes_to_a_connected_qp() {
     let r = inject(&td, json!({"op": "read", "rkey": key, "va": VA + 0x4000, "length": 2, "qpn": q.qpn, "src_qpn": peer})).join().unwrap();
     assert_eq!(r["data_hex"], "5a5a");
 }
+
+#[test]
+fn the_injector_sends_datagrams_from_its_gid() {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let key = d.create_mr(pd, hw::MR_PINNED, VA, 16 * 4096);
+    d.map_pages(key, VA, DATA, 16);
+    let mut cq = d.create_cq(64, 2, 0);
+    let mut q = d.create_qp(pd, &cq, &cq, hw::QPT_UD, 0, 0);
+    d.ready_ud(q.qpn, 0x1111);
+    d.post_recv(&mut q, 5, &[(VA + 0x1000, 100, key)]);
+    let r = td.ctl(json!({"op": "send", "qpn": q.qpn, "data_hex": "abcd"}));
+    assert_eq!(
+        (r["status"].as_str(), r["delivered"].as_bool()),
+        (Some("success"), Some(true)),
+        "{r}"
+    );
+    let w = d.wait_cq(&mut cq, 1);
+    assert_eq!(
+        (w[0].byte_len, w[0].src_qp, w[0].flags),
+        (42, hw::QPN_INJECTOR_FIRST, hw::CQE_F_GRH)
+    );
+    // RoCE v2 over IPv4 from ::ffff:192.0.2.1: 20 zero bytes, then IPv4
+    let h = d.ram.read(DATA + 0x1000, 42);
+    assert_eq!(&h[..20], &[0; 20]);
+    assert_eq!((h[20], h[29]), (0x45, 17), "IPv4, UDP");
+    assert_eq!(&h[32..36], &[192, 0, 2, 1]);
+    assert_eq!(&hw::INJECTOR_GID[12..], &[192, 0, 2, 1]);
+    assert_eq!(
+        &hw::INJECTOR_GID[..12],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+    );
+    let sum: u32 = h[20..40]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff, "IPv4 header checksum");
+    assert_eq!(&h[40..42], &[0xab, 0xcd]);
+    // the control socket names the same GID
+    let v = td.ctl(json!({"op": "version"}));
+    assert_eq!(v["injector"]["gid"], "::ffff:192.0.2.1");
+}

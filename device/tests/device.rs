@@ -118,7 +118,8 @@ fn discovery() {
     let v = td.ctl(json!({"op": "version", "id": 7}));
     assert_eq!(
         v,
-        json!({"ok": true, "id": 7, "protocol": 1, "device": "odp-rnic", "interface": "1.1", "odp": true})
+        json!({"ok": true, "id": 7, "protocol": 1, "device": "odp-rnic", "interface": "1.1", "odp": true,
+               "injector": {"gid": "::ffff:192.0.2.1", "qpn_first": 0xfff000, "qpn_last": 0xffffff}})
     );
 }
 

@@ -146,6 +146,8 @@
 #define ODPRNIC_FAULT_WRITE	0x1
 #define ODPRNIC_QPN_INJECTOR_FIRST	0xfff000
 #define ODPRNIC_QPN_INJECTOR_LAST	0xffffff
+#define ODPRNIC_INJECTOR_GID_PREFIX	0x0ULL
+#define ODPRNIC_INJECTOR_GID_IID	0x0000ffffc0000201ULL
 /* Interface 1.1: completion queues, queue pairs, address handles, doorbells. */
 #define ODPRNIC_WQE_SIZE	128
 #define ODPRNIC_CQE_SIZE	32
