@@ -397,8 +397,15 @@ impl Engine {
         Ok(b)
     }
 
-    /// Writes a CQE; false if the CQ is in error (or becomes so).
+    /// Writes a CQE; false if the CQ is in error (or becomes so). A CQE
+    /// that bus mastering stops is kept, with every later one, until it
+    /// returns: a work request that completed is never run again, so its
+    /// completion must not be lost.
     fn post_cqe(&mut self, cqn: u32, cqe: Cqe, solicited: bool) -> bool {
+        if !self.owed_cqes.is_empty() {
+            self.owed_cqes.push_back((cqn, cqe, solicited));
+            return true;
+        }
         let Some(cq) = self.verbs.cqs.get(&cqn).cloned() else {
             return false;
         };
@@ -407,6 +414,11 @@ impl Engine {
         }
         let cons = match self.read_u32(cq.buf) {
             Ok(c) => c,
+            Err(DmaError::Fenced) => {
+                Counters::inc(&self.sh.counters.fenced_waits);
+                self.owed_cqes.push_back((cqn, cqe, solicited));
+                return true;
+            }
             Err(e) => {
                 log::warn!("CQ {cqn}: header not readable: {e}");
                 return false;
@@ -419,20 +431,28 @@ impl Engine {
         let slot = hw::RING_HDR_SPACE + u64::from(cq.prod & (cq.size - 1)) * hw::CQE_SIZE;
         let b = cqe.bytes(cq.prod, cq.size);
         let addr = cq.buf + slot;
+        // the owner byte last: once it is written the CQE is posted (the
+        // driver may consume it), so only a failure before it owes the CQE
         let r = self
             .sh
             .dma
             .write(self.epoch, addr, &b[..27])
             .and_then(|()| self.sh.dma.write(self.epoch, addr + 28, &b[28..]))
-            .and_then(|()| self.sh.dma.write(self.epoch, addr + 27, &b[27..28]))
-            .and_then(|()| self.write_u32(cq.buf + 4, cq.prod.wrapping_add(1)));
+            .and_then(|()| self.sh.dma.write(self.epoch, addr + 27, &b[27..28]));
         if let Err(e) = r {
+            if matches!(e, DmaError::Fenced) {
+                Counters::inc(&self.sh.counters.fenced_waits);
+                self.owed_cqes.push_back((cqn, cqe, solicited));
+                return true;
+            }
             log::warn!("CQ {cqn}: CQE not writable: {e}");
             if matches!(e, DmaError::Unmapped(..)) {
                 return self.cq_error(cqn);
             }
             return false;
         }
+        // a fenced producer-index write is redone when bus mastering returns
+        let _ = self.write_u32(cq.buf + 4, cq.prod.wrapping_add(1));
         Counters::inc(&self.sh.counters.cqes);
         let mut fire = None;
         if let Some(c) = self.verbs.cqs.get_mut(&cqn) {
@@ -448,6 +468,29 @@ impl Engine {
             self.signal(v);
         }
         true
+    }
+
+    /// Bus mastering is back: the CQEs it held up, then the queue
+    /// headers' indices (whose writes it may have stopped too).
+    pub(crate) fn flush_owed_completions(&mut self) {
+        let owed = std::mem::take(&mut self.owed_cqes);
+        for (cqn, cqe, solicited) in owed {
+            self.post_cqe(cqn, cqe, solicited);
+        }
+        let heads: Vec<(u64, u32, u32)> = self
+            .verbs
+            .qps
+            .values()
+            .map(|q| (q.buf, q.sq_cons, q.rq_cons))
+            .collect();
+        for (buf, sq, rq) in heads {
+            let _ = self.write_u32(buf + 4, sq);
+            let _ = self.write_u32(buf + 12, rq);
+        }
+        let cqs: Vec<(u64, u32)> = self.verbs.cqs.values().map(|c| (c.buf, c.prod)).collect();
+        for (buf, prod) in cqs {
+            let _ = self.write_u32(buf + 4, prod);
+        }
     }
 
     fn cq_error(&mut self, cqn: u32) -> bool {
@@ -533,6 +576,7 @@ impl Engine {
             if let Some(q) = self.verbs.qps.get_mut(&qpn) {
                 if sq {
                     q.sq_cons = new;
+                    q.atomic_done = None;
                 } else {
                     q.rq_cons = new;
                 }
@@ -677,6 +721,7 @@ impl Engine {
             return;
         };
         q.sq_cons = q.sq_cons.wrapping_add(1);
+        q.atomic_done = None;
         let (buf, cons, cqn) = (q.buf, q.sq_cons, q.send_cqn);
         let _ = self.write_u32(buf + 4, cons);
         if cqe {
@@ -1255,13 +1300,20 @@ impl Engine {
                 }
                 let lp = self.local_pieces(qp, &w.sges, true, false)?;
                 let (c, sw) = (w.compare_add, w.swap);
-                let old = if w.opcode == hw::WR_ATOMIC_CMP_SWP {
-                    self.peer
-                        .atomic(w.remote_addr, |v| if v == c { sw } else { v })
-                } else {
-                    self.peer.atomic(w.remote_addr, |v| v.wrapping_add(c))
-                }
-                .map_err(|_| oob)?;
+                let old = match self.atomic_already_done(qp) {
+                    Some(v) => v,
+                    None => {
+                        let v = if w.opcode == hw::WR_ATOMIC_CMP_SWP {
+                            self.peer
+                                .atomic(w.remote_addr, |v| if v == c { sw } else { v })
+                        } else {
+                            self.peer.atomic(w.remote_addr, |v| v.wrapping_add(c))
+                        }
+                        .map_err(|_| oob)?;
+                        self.atomic_performed(qp, v);
+                        v
+                    }
+                };
                 self.scatter(&lp, &old.to_le_bytes(), None)?;
                 Ok(8)
             }
@@ -1270,6 +1322,24 @@ impl Engine {
     }
 
     // ---- execution ----------------------------------------------------
+
+    /// The original value of the head work request's atomic if it was
+    /// already performed: bus mastering went off before its result reached
+    /// the requester's buffer, and the work request is being retried. An
+    /// atomic executes once however often its work request is retried.
+    fn atomic_already_done(&self, qp: &Qp) -> Option<u64> {
+        let q = self.verbs.qps.get(&qp.qpn)?;
+        q.atomic_done
+            .and_then(|(at, v)| (at == q.sq_cons).then_some(v))
+    }
+
+    /// Records that the head work request's atomic was performed, before
+    /// anything that can be fenced (the write of its result, the CQE).
+    fn atomic_performed(&mut self, qp: &Qp, original: u64) {
+        if let Some(q) = self.verbs.qps.get_mut(&qp.qpn) {
+            q.atomic_done = Some((q.sq_cons, original));
+        }
+    }
 
     /// Runs one send WQE to completion; Ok(byte_len for the CQE).
     fn execute_wr(&mut self, qp: &Qp, w: &Wqe) -> Result<u32, Fail> {
@@ -1424,12 +1494,17 @@ impl Engine {
                 } else {
                     Atomic::FetchAdd(w.compare_add)
                 };
-                let old = match rp.first() {
-                    Some(Piece::Mr(acc, _)) => match self.sh.dma.mr_atomic(self.epoch, acc, op) {
-                        Ok(v) => v,
-                        Err(DmaError::Suppressed) => 0,
-                        Err(e) => return Err(self.dma_fail(e, Some(resp.qpn))),
-                    },
+                let old = match (self.atomic_already_done(qp), rp.first()) {
+                    (Some(v), _) => v,
+                    (None, Some(Piece::Mr(acc, _))) => {
+                        let v = match self.sh.dma.mr_atomic(self.epoch, acc, op) {
+                            Ok(v) => v,
+                            Err(DmaError::Suppressed) => 0,
+                            Err(e) => return Err(self.dma_fail(e, Some(resp.qpn))),
+                        };
+                        self.atomic_performed(qp, v);
+                        v
+                    }
                     _ => return Err(Fail::Remote(hw::WC_REM_ACCESS_ERR, resp.qpn)),
                 };
                 self.scatter(&lp, &old.to_le_bytes(), None)?;

@@ -228,6 +228,9 @@ pub struct Engine {
     pending_cmd: Option<Completion>,
     /// Interrupts (command, event) owed from while bus mastering was off.
     owed_irq: [bool; 2],
+    /// CQEs (CQ, CQE, solicited) of work requests that completed while bus
+    /// mastering went off, written in order when it returns.
+    pub(crate) owed_cqes: VecDeque<(u32, crate::wqe::Cqe, bool)>,
 }
 
 fn le16(b: &[u8], o: usize) -> u16 {
@@ -330,6 +333,7 @@ impl Engine {
             deferred: VecDeque::new(),
             pending_cmd: None,
             owed_irq: [false; 2],
+            owed_cqes: VecDeque::new(),
         }
     }
 
@@ -456,6 +460,7 @@ impl Engine {
                     }
                     self.flush_events();
                     self.process_cmdq();
+                    self.flush_owed_completions();
                     self.run_all_sqs();
                 }
             }
@@ -530,6 +535,7 @@ impl Engine {
         self.acks.clear();
         self.pending_cmd = None;
         self.owed_irq = [false; 2];
+        self.owed_cqes.clear();
         self.fatal = false;
         self.epoch = epoch;
     }

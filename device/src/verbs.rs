@@ -176,6 +176,11 @@ pub struct Qp {
     pub rq_cons: u32,
     /// The head WQE waits (page fault or receiver not ready).
     pub stalled: bool,
+    /// An atomic already performed for SQ index `.0` with original value
+    /// `.1`, whose result has not reached the requester yet: a retry of
+    /// that work request (bus mastering went off before its result was
+    /// written) uses it instead of performing the atomic again.
+    pub atomic_done: Option<(u32, u64)>,
 }
 
 impl Qp {
@@ -426,6 +431,7 @@ impl Verbs {
             sq_cons: 0,
             rq_cons: 0,
             stalled: false,
+            atomic_done: None,
         };
         if !a.buf.is_multiple_of(hw::RING_HDR_SPACE)
             || a.buf.checked_add(qp.bytes()).is_none()
@@ -503,6 +509,7 @@ impl Verbs {
             qp.sq_cons = 0;
             qp.rq_cons = 0;
             qp.stalled = false;
+            qp.atomic_done = None;
         }
         Ok(old)
     }

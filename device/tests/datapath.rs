@@ -1138,3 +1138,119 @@ fn the_injector_sends_datagrams_from_its_gid() {
     let v = td.ctl(json!({"op": "version"}));
     assert_eq!(v["injector"]["gid"], "::ffff:192.0.2.1");
 }
+
+/// Atomics while Bus Master Enable flips all the time: every atomic must
+/// execute exactly once (the original values come back 0, 1, 2, ... and the
+/// counter ends at the count), whether the fence falls before it, between
+/// the atomic and the write of its result into the requester's buffer, or
+/// after; and every work request gets its one CQE.
+fn atomics_once_across_fences(peer: bool) {
+    let td = TestDevice::start(true, FaultPlan::default());
+    let mut d = Driver::up(&td);
+    let pd = d.create_pd();
+    let all = hw::ACCESS_LOCAL_WRITE | hw::ACCESS_REMOTE_ATOMIC;
+    let key = d
+        .create_mr_raw(pd, all, hw::MR_PINNED, VA, 16 * 4096)
+        .u32(0);
+    d.map_pages(key, VA, DATA, 16);
+    let mut cq = d.create_cq(64, 2, 1);
+    let mut a = d.create_qp(pd, &cq, &cq, hw::QPT_RC, 0, 1);
+    let dest = if peer {
+        hw::QPN_INJECTOR_FIRST + 9
+    } else {
+        let cq_b = d.create_cq(64, 3, 2);
+        let b = d.create_qp(pd, &cq_b, &cq_b, hw::QPT_RC, 0, 2);
+        d.connect_rc(b.qpn, a.qpn, 7);
+        b.qpn
+    };
+    d.connect_rc(a.qpn, dest, 7);
+    // a second agent flips Bus Master Enable all along (config space
+    // writes, in-process: a vfio-user round trip is too slow to land
+    // between an atomic and the write of its result)
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (dev, stop) = (td.dev.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut c = [0u8; 2];
+                dev.config_read(4, &mut c).unwrap();
+                let on = u16::from_le_bytes(c);
+                dev.config_write(4, &(on & !0x4).to_le_bytes()).unwrap();
+                for _ in 0..(k % 64) {
+                    std::hint::spin_loop();
+                }
+                dev.config_write(4, &(on | 0x4).to_le_bytes()).unwrap();
+                k = k.wrapping_add(7);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let n = 3000u64;
+    for i in 0..n {
+        let cmp_swp = i % 2 == 1;
+        d.post_send(
+            &mut a,
+            &SendWr {
+                wr_id: i,
+                opcode: if cmp_swp {
+                    hw::WR_ATOMIC_CMP_SWP
+                } else {
+                    hw::WR_ATOMIC_FETCH_ADD
+                },
+                flags: hw::WQE_F_SIGNALED,
+                remote_addr: if peer { 0x100 } else { VA + 0x8000 },
+                rkey: key,
+                // compare-and-swap i -> i + 1 fails if it ran before
+                compare_add: if cmp_swp { i } else { 1 },
+                swap: i + 1,
+                // the result straddles a page boundary: two writes
+                sges: vec![(VA + 0x9ffc, 8, key)],
+                ..Default::default()
+            },
+        );
+        let w = d.wait_cq(&mut cq, 1);
+        assert_eq!((w[0].wr_id, w[0].status), (i, hw::WC_SUCCESS), "{w:?}");
+        let old = u64::from_le_bytes(d.ram.read(DATA + 0x9ffc, 8).try_into().unwrap());
+        assert_eq!(old, i, "atomic {i} ran more than once");
+    }
+    if !peer {
+        // injected atomics through the control socket, same fences
+        for j in 0..300u64 {
+            let r = td.ctl(json!({"op": "fetch_add", "rkey": key, "va": VA + 0x8100, "add": 1}));
+            assert_eq!(
+                (r["status"].as_str(), r["original"].as_u64()),
+                (Some("success"), Some(j)),
+                "{r}"
+            );
+        }
+        assert_eq!(d.ram.r64(DATA + 0x8100), 300);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    let end = if peer {
+        let r = td.ctl(json!({"op": "peer_memory", "offset": 0x100, "length": 8}));
+        let h = r["data_hex"].as_str().unwrap().to_string();
+        u64::from_le_bytes(
+            (0..8)
+                .map(|k| u8::from_str_radix(&h[2 * k..2 * k + 2], 16).unwrap())
+                .collect::<Vec<u8>>()
+                .try_into()
+                .unwrap(),
+        )
+    } else {
+        u64::from_le_bytes(d.ram.read(DATA + 0x8000, 8).try_into().unwrap())
+    };
+    assert_eq!(end, n);
+    eprintln!("fenced_waits {}", td.counter("fenced_waits"));
+}
+
+#[test]
+fn loopback_atomics_execute_once_across_bus_master_fences() {
+    atomics_once_across_fences(false);
+}
+
+#[test]
+fn atomics_to_the_injector_execute_once_across_bus_master_fences() {
+    atomics_once_across_fences(true);
+}
