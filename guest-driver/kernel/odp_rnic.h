@@ -143,6 +143,7 @@ struct odprnic_dev {
 	u32 max_cq;
 	u32 max_qp;
 	unsigned int ncqvec;
+	atomic_t next_cqvec;		/* spreads CQs over the vectors */
 	struct odprnic_cq_vec cqvec[ODPRNIC_MAX_CQ_VECS];
 	struct xarray cqs;		/* by cqn, for CQ_ERROR */
 	struct xarray qps;		/* by qpn, for events and poll_cq */

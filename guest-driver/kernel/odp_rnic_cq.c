@@ -130,7 +130,14 @@ int odprnic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
 	cq->dev = dev;
 	cq->user = !!uc;
 	cq->size = roundup_pow_of_two(attr->cqe);
-	cq->vector = ODPRNIC_VEC_CQ_FIRST + attr->comp_vector % dev->ncqvec;
+	/*
+	 * The device does not say which CQ of a vector completed, so every
+	 * CQ sharing a vector is looked at on its interrupt: spread them,
+	 * starting from the comp_vector asked for.
+	 */
+	cq->vector = ODPRNIC_VEC_CQ_FIRST +
+		     (attr->comp_vector +
+		      (u32)atomic_inc_return(&dev->next_cqvec)) % dev->ncqvec;
 	spin_lock_init(&cq->lock);
 	INIT_LIST_HEAD(&cq->vec_node);
 	size = PAGE_ALIGN(ODPRNIC_RING_HDR_SPACE +
@@ -306,6 +313,13 @@ int odprnic_req_notify_cq(struct ib_cq *ibcq, enum ib_cq_notify_flags flags)
 	iowrite32(val, cq->dev->db + ODPRNIC_DB_CQ_ARM);
 
 	if (flags & IB_CQ_REPORT_MISSED_EVENTS) {
+		/*
+		 * The arm is a posted write: a CQE written before the device
+		 * sees it raises no interrupt. A register read returns only
+		 * after the device handled the write, so a CQE not seen
+		 * below comes after the arm and will interrupt.
+		 */
+		odprnic_read32(cq->dev, ODPRNIC_REG_STATUS);
 		spin_lock_irqsave(&cq->lock, irqflags);
 		missed = READ_ONCE(cq->cqes[cq->cons & (cq->size - 1)].owner) ==
 			 (((cq->cons >> ilog2(cq->size)) & 1) ^ 1);
