@@ -88,6 +88,8 @@ counters! {
     qp_errors,
     /// Doorbells through the wrong page, or naming no object.
     bad_doorbells,
+    /// CQ arms that signalled at once: completions were waiting unconsumed.
+    cq_arms_fired_at_once,
     /// Times a requester waited for a receive buffer (receiver not ready).
     rnr_waits,
     /// UD/GSI datagrams dropped at the receiver.

@@ -353,9 +353,19 @@ impl Engine {
             }
             hw::DB_CQ_ARM => {
                 let cqn = value & !hw::DB_CQ_ARM_SOLICITED;
-                match self.verbs.cqs.get_mut(&cqn) {
+                match self.verbs.cqs.get(&cqn) {
                     Some(cq) if u32::from(cq.db_page) == page => {
-                        cq.armed = Some(value & hw::DB_CQ_ARM_SOLICITED != 0);
+                        let (buf, prod, vector) = (cq.buf, cq.prod, cq.vector);
+                        // The arm is posted and reaches the device after
+                        // software's last poll: a CQE written in between
+                        // would otherwise never interrupt. Completions that
+                        // software has not consumed yet fire at once.
+                        if self.read_u32(buf).is_ok_and(|cons| cons != prod) {
+                            self.signal(u32::from(vector));
+                            Counters::inc(&self.sh.counters.cq_arms_fired_at_once);
+                        } else if let Some(cq) = self.verbs.cqs.get_mut(&cqn) {
+                            cq.armed = Some(value & hw::DB_CQ_ARM_SOLICITED != 0);
+                        }
                     }
                     _ => bad(self),
                 }

@@ -803,6 +803,36 @@ fn doorbells_and_cq_arming() {
     );
     d.wait_cq(&mut s.cq_b, 1);
     assert_eq!(eventfd_count(&d.vectors[3]), 1);
+    // a completion that software has not consumed when its arm arrives
+    // (the posted arm raced the CQE) interrupts at once
+    let cqes = s.td.counter("cqes");
+    d.post_recv(&mut s.b, 13, &[]);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 5,
+            opcode: hw::WR_SEND,
+            ..Default::default()
+        },
+    );
+    let t = std::time::Instant::now();
+    while s.td.counter("cqes") == cqes {
+        assert!(t.elapsed() < Duration::from_secs(5), "no CQE");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    d.db(s.cq_b.db_page, hw::DB_CQ_ARM, s.cq_b.cqn);
+    let t = std::time::Instant::now();
+    while s.td.counter("cq_arms_fired_at_once") == 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "arm did not fire");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(eventfd_count(&d.vectors[3]), 1);
+    let w = d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!(w[0].wr_id, 13);
+    // consumed: the next arm waits for a new completion
+    d.db(s.cq_b.db_page, hw::DB_CQ_ARM, s.cq_b.cqn);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(eventfd_count(&d.vectors[3]), 0);
 }
 
 #[test]
