@@ -1137,6 +1137,10 @@ impl Engine {
                             mr.revoked = true;
                             revoked = true;
                         }
+                        // the whole key goes: every translation with it
+                        let before = mr.mapped_pages();
+                        mr.drop_all_pages();
+                        self.mapped_total = self.mapped_total.saturating_sub(before);
                         oracle.revoke(key, seq);
                     } else {
                         let before = mr.mapped_pages();

@@ -325,6 +325,11 @@ impl Mr {
         }
     }
 
+    /// Drops every translation (revocation).
+    pub fn drop_all_pages(&mut self) {
+        self.table.clear();
+    }
+
     /// Validates a `MAP_PAGES` run: `iova` page-aligned, inside the MR, and
     /// every entry well-formed. Returns the first page index.
     pub fn check_map(&self, iova: u64, entries: &[u64]) -> Result<u64, MrError> {

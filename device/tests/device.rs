@@ -718,6 +718,8 @@ fn revocable_mr_is_revoked_by_invalidation() {
     let pd = d.create_pd();
     let key = d.create_mr(pd, hw::MR_REVOCABLE, MR_IOVA, 2 * 4096);
     d.map_pages(key, MR_IOVA, DATA, 2);
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_MR, key).u64(32), 2);
+    assert_eq!(td.ctl(json!({"op": "mr", "key": key}))["mapped_pages"], 2);
     let w = |td: &TestDevice| {
         inject(
             td,
@@ -746,6 +748,20 @@ fn revocable_mr_is_revoked_by_invalidation() {
         hw::MR_STATE_REVOKED
     );
     assert_eq!(td.ctl(json!({"op": "mr", "key": key}))["state"], "revoked");
+    // the translations went with the key, not only the invalidated page
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_MR, key).u64(32), 0);
+    let m = td.ctl(json!({"op": "mr", "key": key}));
+    assert_eq!(
+        (m["mapped_pages"].as_u64(), m["invalidations"].as_u64()),
+        (Some(0), Some(1))
+    );
+    // and a MAP_PAGES cannot bring them back
+    let e = [(RAM_GPA + DATA) | hw::PTE_READ | hw::PTE_WRITE];
+    assert_eq!(
+        d.map_pages_raw(key, 0, MR_IOVA, &e).status,
+        hw::STATUS_BAD_HANDLE
+    );
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_MR, key).u64(32), 0);
     assert_eq!(td.counter("revocations"), 1);
     assert_eq!(td.ctl(json!({"op": "violations"}))["count"], 0);
     assert_eq!(d.key_cmd(hw::CMD_DESTROY_MR, key).status, hw::STATUS_OK);
