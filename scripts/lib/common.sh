@@ -15,10 +15,9 @@ STAMPS=$LAB/stamps
 MIRROR=${ODP_RNIC_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${ODP_RNIC_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 SUITE=trixie
-# Kernel tracks built into the lab. An "oldstable" track (bookworm's 6.1,
-# which needs bookworm's gcc-12 and linux-kbuild-6.1, i.e. a second root)
-# is not built yet.
-TRACKS=(stable backports)
+# Kernel tracks the lab knows. oldstable (bookworm's 6.1) is built only by
+# scripts/lab-setup --oldstable; a track missing from the lockfile is skipped.
+TRACKS=(stable backports oldstable)
 
 die() {
 	echo "${PROG:-odp-rnic}: error: $*" >&2
@@ -50,7 +49,7 @@ kernel_for() {
 	for t in "${TRACKS[@]}"; do
 		if [ "$spec" = "$t" ]; then
 			v="KERNEL_$t"
-			[ -n "${!v:-}" ] || die "track $t not in $LOCK"
+			[ -n "${!v:-}" ] || die "track $t not in $LOCK (oldstable: scripts/lab-setup --oldstable)"
 			echo "${!v}"
 			return 0
 		fi
