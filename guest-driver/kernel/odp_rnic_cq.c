@@ -34,7 +34,8 @@ static irqreturn_t odprnic_cq_irq(int irq, void *data)
 		if (cq->user) {
 			u32 prod = le32_to_cpu(READ_ONCE(cq->hdr->prod));
 
-			call = prod != cq->irq_prod;
+			/* an arm may fire with prod unchanged: always pass it on */
+			call = true;
 			cq->irq_prod = prod;
 		} else {
 			call = test_and_clear_bit(ODPRNIC_CQF_ARMED,
