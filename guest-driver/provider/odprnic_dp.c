@@ -62,6 +62,11 @@ struct ibv_cq *odprnic_create_cq(struct ibv_context *ibctx, int cqe,
 	struct odprnic_cq *cq;
 	int ret;
 
+	/* a kernel driver without the data path gave no doorbell page */
+	if (!ctx->db) {
+		errno = EOPNOTSUPP;
+		return NULL;
+	}
 	if (cqe < 1 || cqe > ODPRNIC_MAX_CQE) {
 		errno = EINVAL;
 		return NULL;
@@ -78,7 +83,7 @@ struct ibv_cq *odprnic_create_cq(struct ibv_context *ibctx, int cqe,
 		errno = ret;
 		return NULL;
 	}
-	if (!ctx->db || !resp.drv_payload.size ||
+	if (!resp.drv_payload.size ||
 	    resp.drv_payload.size & (resp.drv_payload.size - 1) ||
 	    resp.drv_payload.buf_size < ODPRNIC_RING_HDR_SPACE +
 			(size_t)resp.drv_payload.size * ODPRNIC_CQE_SIZE) {
@@ -272,7 +277,7 @@ struct ibv_qp *odprnic_create_qp_ex(struct ibv_context *ibctx,
 	size_t need;
 	int ret;
 
-	if (attr->comp_mask & ~ODPRNIC_QP_COMP_MASK || attr->srq ||
+	if (!ctx->db || attr->comp_mask & ~ODPRNIC_QP_COMP_MASK || attr->srq ||
 	    (attr->qp_type != IBV_QPT_RC && attr->qp_type != IBV_QPT_UD)) {
 		errno = EOPNOTSUPP;
 		return NULL;
@@ -314,7 +319,7 @@ struct ibv_qp *odprnic_create_qp_ex(struct ibv_context *ibctx,
 
 	need = ODPRNIC_RING_HDR_SPACE +
 	       ((size_t)d->sq_size + d->rq_size) * ODPRNIC_WQE_SIZE;
-	if (!ctx->db || !d->sq_size || d->sq_size & (d->sq_size - 1) ||
+	if (!d->sq_size || d->sq_size & (d->sq_size - 1) ||
 	    !d->rq_size || d->rq_size & (d->rq_size - 1) ||
 	    d->buf_size < need || d->qpn != qp->vqp.qp.qp_num) {
 		verbs_err(verbs_get_ctx(ibctx),
