@@ -90,7 +90,9 @@ impl Shared {
         } else {
             0
         };
-        odp | hw::CAP_REVOCABLE
+        // UD QPs and 8-byte atomics are served by the data path
+        // (interface 1.1) whatever the ODP switch says
+        odp | hw::CAP_REVOCABLE | hw::CAP_ATOMICS | hw::CAP_UD
     }
 
     /// `REG_STATUS`.

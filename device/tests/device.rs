@@ -98,6 +98,10 @@ fn discovery() {
         hw::CAP_ODP | hw::CAP_IMPLICIT_ODP | hw::CAP_PREFETCH
     );
     assert_ne!(caps & hw::CAP_REVOCABLE, 0);
+    assert_eq!(
+        caps & (hw::CAP_ATOMICS | hw::CAP_UD),
+        hw::CAP_ATOMICS | hw::CAP_UD
+    );
     // bus mastering is off after power-on
     assert_eq!(d.rd(hw::REG_STATUS), hw::STATUS_FENCED);
     assert!(d.rd(hw::REG_MAX_PD) > 0);
