@@ -771,11 +771,10 @@ impl Engine {
     }
 
     fn park_wr(&mut self, qpn: u32, key: u32, iova: u64, length: u64, write: bool, remote: bool) {
-        let counters = self.sh.counters.clone();
         if let Some(mr) = self.tables.get_mut(key) {
             mr.faults = mr.faults.saturating_add(1);
         }
-        Counters::inc(&counters.page_faults);
+        Counters::inc(&self.sh.counters.page_faults);
         if let Some(q) = self.verbs.qps.get_mut(&qpn) {
             q.stalled = true;
         }
@@ -788,28 +787,7 @@ impl Engine {
                 wr: Some((qpn, remote)),
             },
         );
-        self.sh.trace.record(
-            "page_fault",
-            serde_json::json!({ "token": token, "key": key, "qpn": qpn, "iova": iova,
-                "length": length, "write": write }),
-        );
-        if self.sh.fire(FaultKind::DropFault).is_some() {
-            Counters::inc(&counters.page_faults_dropped);
-            return;
-        }
-        let mut d = [0u8; 56];
-        d[0..4].copy_from_slice(&token.to_le_bytes());
-        d[4..8].copy_from_slice(&key.to_le_bytes());
-        d[8..12].copy_from_slice(&qpn.to_le_bytes());
-        let flags = if write { hw::FAULT_WRITE } else { 0 };
-        d[12..16].copy_from_slice(&flags.to_le_bytes());
-        d[16..24].copy_from_slice(&iova.to_le_bytes());
-        d[24..32].copy_from_slice(&length.to_le_bytes());
-        self.post_event(hw::EVENT_PAGE_FAULT, &d);
-        if self.sh.fire(FaultKind::DupFault).is_some() {
-            Counters::inc(&counters.page_faults_duplicated);
-            self.post_event(hw::EVENT_PAGE_FAULT, &d);
-        }
+        self.post_page_fault(token, key, qpn, iova, length, write);
     }
 
     // ---- planning -----------------------------------------------------

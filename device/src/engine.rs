@@ -1196,6 +1196,41 @@ impl Engine {
 
     // ---- remote operations --------------------------------------------
 
+    /// Posts `EVENT_PAGE_FAULT` for a parked access ("Page faults"), as the
+    /// fault plans allow: dropped or duplicated on purpose.
+    pub(crate) fn post_page_fault(
+        &mut self,
+        token: u32,
+        key: u32,
+        qpn: u32,
+        iova: u64,
+        length: u64,
+        write: bool,
+    ) {
+        self.sh.trace.record(
+            "page_fault",
+            serde_json::json!({ "token": token, "key": key, "qpn": qpn, "iova": iova,
+                "length": length, "write": write }),
+        );
+        if self.sh.fire(FaultKind::DropFault).is_some() {
+            Counters::inc(&self.sh.counters.page_faults_dropped);
+            return;
+        }
+        let mut d = [0u8; 56];
+        d[0..4].copy_from_slice(&token.to_le_bytes());
+        d[4..8].copy_from_slice(&key.to_le_bytes());
+        d[8..12].copy_from_slice(&qpn.to_le_bytes());
+        let flags = if write { hw::FAULT_WRITE } else { 0 };
+        d[12..16].copy_from_slice(&flags.to_le_bytes());
+        d[16..24].copy_from_slice(&iova.to_le_bytes());
+        d[24..32].copy_from_slice(&length.to_le_bytes());
+        self.post_event(hw::EVENT_PAGE_FAULT, &d);
+        if self.sh.fire(FaultKind::DupFault).is_some() {
+            Counters::inc(&self.sh.counters.page_faults_duplicated);
+            self.post_event(hw::EVENT_PAGE_FAULT, &d);
+        }
+    }
+
     pub(crate) fn alloc_token(&mut self) -> u32 {
         loop {
             let t = self.next_token;
@@ -1260,27 +1295,7 @@ impl Engine {
                         wr: None,
                     },
                 );
-                self.sh.trace.record(
-                    "page_fault",
-                    serde_json::json!({ "token": token, "key": key, "iova": iova, "length": length, "write": write }),
-                );
-                if self.sh.fire(FaultKind::DropFault).is_some() {
-                    Counters::inc(&counters.page_faults_dropped);
-                    return;
-                }
-                let mut d = [0u8; 56];
-                d[0..4].copy_from_slice(&token.to_le_bytes());
-                d[4..8].copy_from_slice(&key.to_le_bytes());
-                d[8..12].copy_from_slice(&qpn.to_le_bytes());
-                let flags = if write { hw::FAULT_WRITE } else { 0 };
-                d[12..16].copy_from_slice(&flags.to_le_bytes());
-                d[16..24].copy_from_slice(&iova.to_le_bytes());
-                d[24..32].copy_from_slice(&length.to_le_bytes());
-                self.post_event(hw::EVENT_PAGE_FAULT, &d);
-                if self.sh.fire(FaultKind::DupFault).is_some() {
-                    Counters::inc(&counters.page_faults_duplicated);
-                    self.post_event(hw::EVENT_PAGE_FAULT, &d);
-                }
+                self.post_page_fault(token, key, qpn, iova, length, write);
                 return;
             }
             Ok(Translation::Ready(segs)) => segs,
