@@ -124,14 +124,21 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 {
 	struct ib_umem_odp *odp = mr->odp;
 	u64 mr_first = mr->iova & PAGE_MASK;
-	u64 pos, end;
+	u64 mr_end, pos, end;
 	int err = 0;
 
-	if (iova < mr->iova || len > mr->length ||
-	    iova - mr->iova > mr->length - len)
+	/*
+	 * The device asks for whole pages ("Page faults"), which reach past
+	 * the bytes of an MR that does not start and end on page boundaries
+	 * (a 1 KiB MR faults 4 KiB): bound the range by the pages the MR
+	 * covers, as the umem does, not by its bytes.
+	 */
+	if (check_add_overflow(mr->iova, mr->length, &mr_end) ||
+	    check_add_overflow(iova, len, &end) ||
+	    iova < mr_first || end > PAGE_ALIGN(mr_end))
 		return -EFAULT;
 	pos = iova & PAGE_MASK;
-	end = PAGE_ALIGN(iova + len);
+	end = PAGE_ALIGN(end);
 
 	while (pos < end) {
 		u32 n = min_t(u64, (end - pos) >> PAGE_SHIFT, ODPRNIC_MAP_MAX);
