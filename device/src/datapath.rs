@@ -770,6 +770,19 @@ impl Engine {
         self.qp_error(qpn, wc);
     }
 
+    /// A receive whose buffers cannot hold the message completes with a
+    /// local length error (the sender's fate is the caller's).
+    fn recv_too_short(&mut self, qpn: u32, wr_id: u64) {
+        let c = Cqe {
+            wr_id,
+            qpn,
+            status: hw::WC_LOC_LEN_ERR,
+            opcode: hw::CQE_OP_RECV,
+            ..Default::default()
+        };
+        self.complete_rq(qpn, c, false);
+    }
+
     fn park_wr(&mut self, qpn: u32, key: u32, iova: u64, length: u64, write: bool, remote: bool) {
         if let Some(mr) = self.tables.get_mut(key) {
             mr.faults = mr.faults.saturating_add(1);
@@ -1364,14 +1377,7 @@ impl Engine {
                     return Err(Fail::Rnr(resp.qpn));
                 };
                 if total(&rqe.sges) < len {
-                    let c = Cqe {
-                        wr_id: rqe.wr_id,
-                        qpn: resp.qpn,
-                        status: hw::WC_LOC_LEN_ERR,
-                        opcode: hw::CQE_OP_RECV,
-                        ..Default::default()
-                    };
-                    self.complete_rq(resp.qpn, c, false);
+                    self.recv_too_short(resp.qpn, rqe.wr_id);
                     return Err(Fail::Remote(hw::WC_REM_INV_REQ_ERR, resp.qpn));
                 }
                 let rp = self
@@ -1541,14 +1547,7 @@ impl Engine {
         };
         let need = len + 40;
         if total(&rqe.sges) < need {
-            let c = Cqe {
-                wr_id: rqe.wr_id,
-                qpn: target.qpn,
-                status: hw::WC_LOC_LEN_ERR,
-                opcode: hw::CQE_OP_RECV,
-                ..Default::default()
-            };
-            self.complete_rq(target.qpn, c, false);
+            self.recv_too_short(target.qpn, rqe.wr_id);
             return Ok(len as u32);
         }
         let rp = match self.local_pieces(&target, &trim(&rqe.sges, need), true, true) {
