@@ -11,7 +11,6 @@
 #include <linux/delay.h>
 #include <linux/dma-mapping.h>
 #include <linux/interrupt.h>
-#include <linux/unaligned.h>
 #include <linux/virtio_byteorder.h>
 
 #include "odp_rnic.h"

@@ -14,9 +14,20 @@
 #include <rdma/ib_umem.h>
 #include <rdma/ib_umem_odp.h>
 #include <rdma/ib_verbs.h>
+#include <rdma/uverbs_ioctl.h>
 
 #ifndef ODPRNIC_FEATURES
 #error "build with guest-driver/kernel/Kbuild: it probes the kernel headers"
+#endif
+
+/*
+ * The unaligned accessors moved from <asm/> to <linux/> in 6.12; Kbuild
+ * looks for the header (ODPRNIC_HAVE_LINUX_UNALIGNED).
+ */
+#ifdef ODPRNIC_HAVE_LINUX_UNALIGNED
+#include <linux/unaligned.h>
+#else
+#include <asm/unaligned.h>
 #endif
 
 /*
@@ -121,19 +132,36 @@ static inline bool odprnic_odp_page_addr(struct ib_umem_odp *odp, size_t idx,
 }
 
 /*
+ * create_cq received the ib_udata until 6.11 and the uverbs_attr_bundle
+ * holding it (driver_udata) since; Kbuild probes the op's prototype
+ * (ODPRNIC_HAVE_CREATE_CQ_ATTRS). The driver's create_cq takes the udata
+ * (NULL for kernel CQs) and odprnic_create_cq_op adapts it to the op.
+ */
+int odprnic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
+		      struct ib_udata *udata);
+
+#ifdef ODPRNIC_HAVE_CREATE_CQ_ATTRS
+static inline int odprnic_create_cq_op(struct ib_cq *ibcq,
+				       const struct ib_cq_init_attr *attr,
+				       struct uverbs_attr_bundle *attrs)
+{
+	return odprnic_create_cq(ibcq, attr, attrs ? &attrs->driver_udata : NULL);
+}
+#else
+#define odprnic_create_cq_op odprnic_create_cq
+#endif
+
+/*
  * 7.x adds create_user_cq next to create_cq, and once the transition is
  * over uverbs calls it unconditionally. Kbuild probes for the member
  * (ODPRNIC_HAVE_CREATE_USER_CQ); where it exists the driver fills it with
  * the same function as create_cq.
  */
-int odprnic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
-		      struct uverbs_attr_bundle *attrs);
-
 static inline void odprnic_compat_set_ops(struct ib_device *ibdev)
 {
 #ifdef ODPRNIC_HAVE_CREATE_USER_CQ
 	static const struct ib_device_ops ops = {
-		.create_user_cq = odprnic_create_cq,
+		.create_user_cq = odprnic_create_cq_op,
 	};
 
 	ib_set_device_ops(ibdev, &ops);

@@ -102,10 +102,9 @@ static struct odprnic_cq_vec *odprnic_cq_vec(struct odprnic_cq *cq)
 }
 
 int odprnic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
-		      struct uverbs_attr_bundle *attrs)
+		      struct ib_udata *udata)
 {
 	struct odprnic_dev *dev = to_odev(ibcq->device);
-	struct ib_udata *udata = attrs ? &attrs->driver_udata : NULL;
 	struct odprnic_cq *cq = to_ocq(ibcq);
 	struct odprnic_ucontext *uc = NULL;
 	struct odprnic_args_create_cq a = {};

@@ -12,7 +12,6 @@
  */
 #include <linux/dma-mapping.h>
 #include <linux/interrupt.h>
-#include <linux/unaligned.h>
 #include <linux/virtio_byteorder.h>
 
 #include "odp_rnic.h"

@@ -102,13 +102,17 @@ TRACE_EVENT(odprnic_revoke,
 TRACE_EVENT(odprnic_timeout,
 	    TP_PROTO(const char *what, u32 id, unsigned int ms),
 	    TP_ARGS(what, id, ms),
-	    TP_STRUCT__entry(__string(what, what)
+	    /*
+	     * A fixed array rather than __string(): __assign_str() lost its
+	     * second argument in 6.10, and the names here are short.
+	     */
+	    TP_STRUCT__entry(__array(char, what, 16)
 			     __field(u32, id)
 			     __field(unsigned int, ms)),
-	    TP_fast_assign(__assign_str(what);
+	    TP_fast_assign(strscpy(__entry->what, what, sizeof(__entry->what));
 			   __entry->id = id;
 			   __entry->ms = ms;),
-	    TP_printk("%s id=%#x after %u ms", __get_str(what), __entry->id,
+	    TP_printk("%s id=%#x after %u ms", __entry->what, __entry->id,
 		      __entry->ms)
 );
 

@@ -364,7 +364,7 @@ static const struct ib_device_ops odprnic_dev_ops = {
 	.fill_stat_mr_entry = odprnic_fill_stat_mr_entry,
 
 	/* interface 1.1: odp_rnic_cq.c, odp_rnic_qp.c */
-	.create_cq = odprnic_create_cq,
+	.create_cq = odprnic_create_cq_op,
 	.destroy_cq = odprnic_destroy_cq,
 	.poll_cq = odprnic_poll_cq,
 	.req_notify_cq = odprnic_req_notify_cq,
