@@ -142,6 +142,17 @@ tools_setup() {
 		DATAPATH=1
 	else
 		DATAPATH=0
+		# fw_ver is the device's interface version (0.MAJOR.MINOR):
+		# from 1.1 on the device has the data path, so running
+		# without it is the driver's failure, not a skip
+		local fw
+		fw=$(awk '$1 == "fw_ver:" { print $2; exit }' <<<"$DEVINFO")
+		if [ "${fw##*.}" -ge 1 ] 2>/dev/null; then
+			t_fail "$what: device interface $fw has the data path, the driver runs without it (max_qp 0)" \
+				"$(dmesg | grep -i odp_rnic | tail -5)"
+			t_summary
+			exit 1
+		fi
 	fi
 	echo "# $IBDEV on $NETDEV ($IPADDR), GID 0 $GID0, device ODP $ODP, data path $DATAPATH, kernel $(uname -r)"
 }
