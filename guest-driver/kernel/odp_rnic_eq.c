@@ -30,6 +30,30 @@ static void odprnic_eq_post(struct odprnic_vq *vq, u16 id)
 	WRITE_ONCE(vq->vr.avail->idx, __cpu_to_virtio16(true, vq->avail_idx));
 }
 
+/*
+ * The asynchronous event an application gets when its QP went to the
+ * error state, by the completion status that caused it: an access
+ * violation (a bad, revoked or dead key; rights; bounds) is
+ * IB_EVENT_QP_ACCESS_ERR, a malformed request IB_EVENT_QP_REQ_ERR, the
+ * rest IB_EVENT_QP_FATAL. This is how the owner of a revoked MR learns
+ * that a QP touched it.
+ */
+static enum ib_event_type odprnic_qp_error_event(u32 syndrome)
+{
+	switch (syndrome) {
+	case ODPRNIC_WC_LOC_PROT_ERR:
+	case ODPRNIC_WC_LOC_ACCESS_ERR:
+	case ODPRNIC_WC_REM_ACCESS_ERR:
+		return IB_EVENT_QP_ACCESS_ERR;
+	case ODPRNIC_WC_LOC_QP_OP_ERR:
+	case ODPRNIC_WC_LOC_LEN_ERR:
+	case ODPRNIC_WC_REM_INV_REQ_ERR:
+		return IB_EVENT_QP_REQ_ERR;
+	default:
+		return IB_EVENT_QP_FATAL;
+	}
+}
+
 static void odprnic_event_handle(struct odprnic_dev *dev,
 				 const struct odprnic_event *ev)
 {
@@ -59,7 +83,8 @@ static void odprnic_event_handle(struct odprnic_dev *dev,
 		atomic64_inc(&dev->stats.qp_errors);
 		dev_dbg(&dev->pdev->dev, "QP %u: error, syndrome %u\n",
 			le32_to_cpu(qe->qpn), le32_to_cpu(qe->syndrome));
-		odprnic_qp_event(dev, le32_to_cpu(qe->qpn), IB_EVENT_QP_FATAL);
+		odprnic_qp_event(dev, le32_to_cpu(qe->qpn),
+				 odprnic_qp_error_event(le32_to_cpu(qe->syndrome)));
 		break;
 	}
 	case ODPRNIC_EVENT_CQ_ERROR:

@@ -524,3 +524,95 @@ class Env:
                     obj.close()
                 except Exception:
                     pass
+
+
+class LoopbackPair:
+    """Two RC QPs of this process connected to each other over GID 0 (the
+    device's loopback port), one CQ, and a source buffer: the application
+    side of an RDMA WRITE into an MR of the same process, so that a scenario
+    sees what an application sees (completion status, async events)."""
+
+    def __init__(self, env, size=64 * 1024):
+        from pyverbs.addr import AHAttr, GlobalRoute
+        from pyverbs.cq import CQ
+        from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
+
+        self.env = env
+        self.cq = CQ(env.ctx, 16)
+        cap = QPCap(max_send_wr=8, max_recv_wr=8, max_send_sge=1, max_recv_sge=1)
+        self.qps = [QP(env.pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq,
+                                          rcq=self.cq, cap=cap)) for _ in range(2)]
+        self.src = MR(env.pd, size, e.IBV_ACCESS_LOCAL_WRITE)
+        gid = env.ctx.query_gid(port_num=1, index=0)
+        for me in self.qps:
+            a = QPAttr()
+            a.qp_access_flags = ACCESS_RW
+            a.pkey_index = 0
+            a.port_num = 1
+            me.to_init(a)
+        for me, peer in ((self.qps[0], self.qps[1]), (self.qps[1], self.qps[0])):
+            a = QPAttr()
+            a.path_mtu = e.IBV_MTU_1024
+            a.dest_qp_num = peer.qp_num
+            a.rq_psn = 0
+            a.max_dest_rd_atomic = 1
+            a.min_rnr_timer = 12
+            a.ah_attr = AHAttr(gr=GlobalRoute(dgid=gid, sgid_index=0), is_global=1,
+                               port_num=1)
+            me.to_rtr(a)
+            a = QPAttr()
+            a.sq_psn = 0
+            a.timeout = 14
+            a.retry_cnt = 7
+            a.rnr_retry = 7
+            a.max_rd_atomic = 1
+            me.to_rts(a)
+
+    @property
+    def requester(self):
+        return self.qps[0]
+
+    @property
+    def responder(self):
+        return self.qps[1]
+
+    def rdma_write(self, rkey, va, data, timeout=60):
+        """RDMA WRITE of data from the requester to (rkey, va) through the
+        responder; returns the completion's status (IBV_WC_*)."""
+        from pyverbs.wr import SGE, SendWR
+
+        self.src.write(data, len(data))
+        wr = SendWR(wr_id=7, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
+                    sg=[SGE(self.src.buf, len(data), self.src.lkey)],
+                    send_flags=e.IBV_SEND_SIGNALED)
+        wr.set_wr_rdma(rkey, va)
+        self.requester.post_send(wr)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n, wcs = self.cq.poll(num_entries=1)
+            if n:
+                return wcs[0].status
+            time.sleep(0.001)
+        raise Failed(f"no completion for the RDMA WRITE within {timeout}s")
+
+    def async_event(self, timeout=30):
+        """The next asynchronous event of the context (IBV_EVENT_*; pyverbs
+        does not expose which QP it names); Failed when none comes within
+        timeout."""
+        def get():
+            ev = self.env.ctx.get_async_event()
+            kind = ev.event_type
+            ev.ack()
+            return kind
+        try:
+            _, kind = bounded(get, timeout, "ibv_get_async_event")
+        except BailOut as b:
+            raise Failed(str(b))
+        return kind
+
+    def close(self):
+        for obj in self.qps + [self.src, self.cq]:
+            try:
+                obj.close()
+            except Exception:
+                pass

@@ -18,12 +18,17 @@ same way. Steps (TAP), run by dax-revocable.py and pagecache-revocable.py:
   (c) a revocable MR (ODPRNIC_MR_MODE=revocable) on the mapping succeeds;
       the device reports mode revocable, state live
   (d) an injected remote write lands without page faults (the table was
-      written at registration), byte-exact in the file
+      written at registration), byte-exact in the file; so does an RDMA
+      WRITE from one of the application's own QPs (a loopback RC pair)
   (e) truncate to 1 MiB with the MR live completes (bounded)
   (f) the device reports the MR revoked
   (g) a remote write below the new EOF, through the revoked key, fails
       cleanly; the bytes of (d) are still in the file
   (h) a remote write beyond the new EOF fails cleanly
+  (h2) the application is told: its own RDMA WRITE through the revoked key
+       completes with IBV_WC_REM_ACCESS_ERR and its context gets
+       IBV_EVENT_QP_ACCESS_ERR (uverbs has no per-MR event: the QPs that
+       touch a revoked key are where the owner learns of it)
   (i) the revoked MR can be deregistered
   (j) the DMA oracle recorded no violation
 """
@@ -32,6 +37,7 @@ import errno
 import os
 
 import daxlib
+import pyverbs.enums as e
 from daxlib import BailOut, Failed, Tap
 
 MIB = 1 << 20
@@ -39,6 +45,7 @@ FILE_SIZE = 2 * MIB
 TRUNCATE_TO = MIB
 LOW = 0x3000 - 100          # stays below the new EOF
 HIGH = MIB + 0x3000 - 100   # is cut off by the truncate
+QP_LOW = 0x6000 - 100       # the application's own RDMA WRITE, below EOF
 LENGTH = 4096 + 200
 
 
@@ -127,6 +134,21 @@ def scenario(tap, backing):
 
     tap.step("(d) remote write lands without page faults", step_d, needs=["live"], st=st)
 
+    def step_d2():
+        f, mr = st["file"], st["mr"]
+        st["pair"] = pair = daxlib.LoopbackPair(env)
+        data = os.urandom(LENGTH)
+        status = pair.rdma_write(mr.rkey, f.addr + QP_LOW, data)
+        if status != e.IBV_WC_SUCCESS:
+            raise Failed(f"RDMA WRITE through the live key completed with status {status}")
+        daxlib.expect_bytes(os.pread(f.fd, LENGTH, QP_LOW), data, "file after the RDMA WRITE")
+        st["qp_low"] = data
+        return (f"QP {pair.requester.qp_num} -> QP {pair.responder.qp_num}: {LENGTH} bytes at "
+                f"offset 0x{QP_LOW:x}, success, pread byte-exact")
+
+    tap.step("(d2) the application's own RDMA WRITE lands in the file", step_d2,
+             needs=["live"], st=st)
+
     def step_e():
         what = "truncate with a live revocable MR"
         if dax:
@@ -179,6 +201,24 @@ def scenario(tap, backing):
 
     tap.step("(h) remote write beyond the new EOF fails cleanly", step_h, needs=["truncated"], st=st)
 
+    def step_k():
+        f, mr, pair = st["file"], st["mr"], st["pair"]
+        data = os.urandom(LENGTH)
+        status = pair.rdma_write(mr.rkey, f.addr + QP_LOW, data)
+        if status != e.IBV_WC_REM_ACCESS_ERR:
+            raise Failed(f"RDMA WRITE through the revoked key completed with status {status}, "
+                         f"expected IBV_WC_REM_ACCESS_ERR ({e.IBV_WC_REM_ACCESS_ERR})")
+        kind = pair.async_event()
+        if kind != e.IBV_EVENT_QP_ACCESS_ERR:
+            raise Failed(f"async event {kind}, expected IBV_EVENT_QP_ACCESS_ERR "
+                         f"({e.IBV_EVENT_QP_ACCESS_ERR})")
+        daxlib.expect_bytes(os.pread(f.fd, LENGTH, QP_LOW), st["qp_low"],
+                            "file after the refused RDMA WRITE")
+        return "completion IBV_WC_REM_ACCESS_ERR, async event IBV_EVENT_QP_ACCESS_ERR, file intact"
+
+    tap.step("(h2) the application is told: completion error and QP access-error event", step_k,
+             needs=["truncated", "pair", "qp_low"], st=st)
+
     def step_i():
         mr = st.pop("mr")
         mr.close()
@@ -199,6 +239,8 @@ def scenario(tap, backing):
              if "odp_rnic" in ln and ("revok" in ln or "MR" in ln)]
     for ln in lines[-10:]:
         tap.diag(f"dmesg: {ln}")
+    if "pair" in st:
+        st.pop("pair").close()
     if "mr" in st:
         try:
             st["mr"].close()
