@@ -332,6 +332,61 @@ static int odprnic_dealloc_pd(struct ib_pd *ibpd, struct ib_udata *udata)
 	return err;
 }
 
+/*
+ * The driver's own counters (struct odprnic_stats) as the hw_counters of
+ * the one port (as rxe does): /sys/class/infiniband/DEV/ports/1/hw_counters/
+ * and `rdma statistic show`. What went wrong with the device (timeouts,
+ * errors) is counted there, next to the ODP work it did.
+ */
+static const struct rdma_stat_desc odprnic_stat_descs[] = {
+	{ .name = "cmd_timeouts" },
+	{ .name = "inv_timeouts" },
+	{ .name = "page_faults" },
+	{ .name = "page_fault_errors" },
+	{ .name = "invalidations" },
+	{ .name = "revocations" },
+	{ .name = "qp_errors" },
+	{ .name = "cq_errors" },
+	{ .name = "leaked_ahs" },
+	{ .name = "events" },
+};
+
+static const size_t odprnic_stat_offsets[] = {
+	offsetof(struct odprnic_stats, cmd_timeouts),
+	offsetof(struct odprnic_stats, inv_timeouts),
+	offsetof(struct odprnic_stats, page_faults),
+	offsetof(struct odprnic_stats, fault_errors),
+	offsetof(struct odprnic_stats, invalidations),
+	offsetof(struct odprnic_stats, revocations),
+	offsetof(struct odprnic_stats, qp_errors),
+	offsetof(struct odprnic_stats, cq_errors),
+	offsetof(struct odprnic_stats, leaked_ahs),
+	offsetof(struct odprnic_stats, events),
+};
+
+static_assert(ARRAY_SIZE(odprnic_stat_descs) ==
+	      ARRAY_SIZE(odprnic_stat_offsets));
+
+static struct rdma_hw_stats *
+odprnic_alloc_hw_port_stats(struct ib_device *ibdev, u32 port_num)
+{
+	return rdma_alloc_hw_stats_struct(odprnic_stat_descs,
+					  ARRAY_SIZE(odprnic_stat_descs),
+					  RDMA_HW_STATS_DEFAULT_LIFESPAN);
+}
+
+static int odprnic_get_hw_stats(struct ib_device *ibdev,
+				struct rdma_hw_stats *stats, u32 port, int index)
+{
+	struct odprnic_dev *dev = to_odev(ibdev);
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(odprnic_stat_offsets); i++)
+		stats->value[i] = atomic64_read((atomic64_t *)((char *)&dev->stats +
+						odprnic_stat_offsets[i]));
+	return ARRAY_SIZE(odprnic_stat_offsets);
+}
+
 static const struct ib_device_ops odprnic_dev_ops = {
 	.owner = THIS_MODULE,
 	.driver_id = RDMA_DRIVER_UNKNOWN,
@@ -343,6 +398,8 @@ static const struct ib_device_ops odprnic_dev_ops = {
 	.get_port_immutable = odprnic_get_port_immutable,
 	.get_link_layer = odprnic_get_link_layer,
 	.query_pkey = odprnic_query_pkey,
+	.alloc_hw_port_stats = odprnic_alloc_hw_port_stats,
+	.get_hw_stats = odprnic_get_hw_stats,
 
 	/* user contexts */
 	.alloc_ucontext = odprnic_alloc_ucontext,

@@ -384,6 +384,17 @@ def find_ibdev(driver=DRIVER):
     return None
 
 
+def hw_counter(ibdev, name):
+    """The driver's counter NAME (`rdma statistic show`; in sysfs under
+    /sys/class/infiniband/IBDEV/ports/1/hw_counters/)."""
+    path = f"/sys/class/infiniband/{ibdev}/ports/1/hw_counters/{name}"
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError) as x:
+        raise Failed(f"{path}: {x}")
+
+
 class Ctl:
     """The device's control socket, through tests/guest/lib/odprnic_ctl.py,
     with the requests of docs/control.md the scenarios use."""

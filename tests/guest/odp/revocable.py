@@ -21,7 +21,8 @@ same way. Steps (TAP), run by dax-revocable.py and pagecache-revocable.py:
       written at registration), byte-exact in the file; so does an RDMA
       WRITE from one of the application's own QPs (a loopback RC pair)
   (e) truncate to 1 MiB with the MR live completes (bounded)
-  (f) the device reports the MR revoked
+  (f) the device reports the MR revoked; the driver counted one
+      revocation (hw_counters/revocations)
   (g) a remote write below the new EOF, through the revoked key, fails
       cleanly; the bytes of (d) are still in the file
   (h) a remote write beyond the new EOF fails cleanly
@@ -116,6 +117,7 @@ def scenario(tap, backing):
         if is_revoked(info):
             raise Failed(f"the MR is revoked right after registration: {daxlib.brief(info)}")
         st["live"] = True
+        st["revocations"] = daxlib.hw_counter(env.ibdev, "revocations")
         return f"rkey 0x{mr.rkey:x}, device MR {daxlib.brief(info)}"
 
     tap.step("(c) revocable MR on the mapping", step_c, needs=["file"], st=st)
@@ -166,9 +168,12 @@ def scenario(tap, backing):
         info = env.ctl.mr(st["mr"].rkey)
         if not is_revoked(info):
             raise Failed(f"the MR is not revoked after truncate: {daxlib.brief(info)}")
-        return f"device MR {daxlib.brief(info)}"
+        n = daxlib.hw_counter(env.ibdev, "revocations") - st["revocations"]
+        if n != 1:
+            raise Failed(f"the driver's revocations counter moved by {n}, expected 1")
+        return f"device MR {daxlib.brief(info)}; driver hw_counters/revocations +1"
 
-    tap.step("(f) the device reports the MR revoked", step_f, needs=["truncated"], st=st)
+    tap.step("(f) the device reports the MR revoked, the driver counts it", step_f, needs=["truncated"], st=st)
 
     def remote_write_fails(off, what):
         f, mr = st["file"], st["mr"]
