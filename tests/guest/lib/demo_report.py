@@ -79,6 +79,10 @@ def classify(desc, scenario):
         event = "truncate -> revoke"
     elif "remote write" in d:
         event = "remote write"
+    elif "rdma write" in d:
+        event = "QP RDMA WRITE"
+    elif "application is told" in d:
+        event = "QP access error"
     elif "deregister" in d:
         event = "deregistration"
     elif re.search(r"\bmr\b", d):
