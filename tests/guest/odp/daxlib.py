@@ -544,9 +544,9 @@ class LoopbackPair:
     sees what an application sees (completion status, async events)."""
 
     def __init__(self, env, size=64 * 1024):
-        from pyverbs.addr import AHAttr, GlobalRoute
         from pyverbs.cq import CQ
-        from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
+        from pyverbs.qp import QP, QPCap, QPInitAttr
+        from odprnic_verbs import rc_connect
 
         self.env = env
         self.cq = CQ(env.ctx, 16)
@@ -555,29 +555,8 @@ class LoopbackPair:
                                           rcq=self.cq, cap=cap)) for _ in range(2)]
         self.src = MR(env.pd, size, e.IBV_ACCESS_LOCAL_WRITE)
         gid = env.ctx.query_gid(port_num=1, index=0)
-        for me in self.qps:
-            a = QPAttr()
-            a.qp_access_flags = ACCESS_RW
-            a.pkey_index = 0
-            a.port_num = 1
-            me.to_init(a)
         for me, peer in ((self.qps[0], self.qps[1]), (self.qps[1], self.qps[0])):
-            a = QPAttr()
-            a.path_mtu = e.IBV_MTU_1024
-            a.dest_qp_num = peer.qp_num
-            a.rq_psn = 0
-            a.max_dest_rd_atomic = 1
-            a.min_rnr_timer = 12
-            a.ah_attr = AHAttr(gr=GlobalRoute(dgid=gid, sgid_index=0), is_global=1,
-                               port_num=1)
-            me.to_rtr(a)
-            a = QPAttr()
-            a.sq_psn = 0
-            a.timeout = 14
-            a.retry_cnt = 7
-            a.rnr_retry = 7
-            a.max_rd_atomic = 1
-            me.to_rts(a)
+            rc_connect(me, peer.qp_num, gid, access=ACCESS_RW)
 
     @property
     def requester(self):

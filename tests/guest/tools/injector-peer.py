@@ -28,12 +28,13 @@ import daxlib  # noqa: E402
 import pyverbs.enums as e  # noqa: E402
 from daxlib import Failed, Tap  # noqa: E402
 from odprnic_ctl import Control  # noqa: E402
-from pyverbs.addr import GID, AHAttr, GlobalRoute  # noqa: E402
+from odprnic_verbs import rc_connect  # noqa: E402
+from pyverbs.addr import GID  # noqa: E402
 from pyverbs.cq import CQ  # noqa: E402
 from pyverbs.device import Context  # noqa: E402
 from pyverbs.mr import MR  # noqa: E402
 from pyverbs.pd import PD  # noqa: E402
-from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr  # noqa: E402
+from pyverbs.qp import QP, QPCap, QPInitAttr  # noqa: E402
 from pyverbs.wr import SGE, RecvWR, SendWR  # noqa: E402
 
 INJECTOR_IP = "192.0.2.1"
@@ -102,27 +103,8 @@ def main():
 
     def step_connect():
         sgid = gid_index(ctx, mapped_gid(ipaddr))
-        a = QPAttr()
-        a.qp_access_flags = acc
-        a.pkey_index = 0
-        a.port_num = 1
-        qp.to_init(a)
-        a = QPAttr()
-        a.path_mtu = e.IBV_MTU_1024
-        a.dest_qp_num = INJECTOR_QPN
-        a.rq_psn = 0
-        a.max_dest_rd_atomic = 1
-        a.min_rnr_timer = 12
-        a.ah_attr = AHAttr(gr=GlobalRoute(dgid=GID(mapped_gid(INJECTOR_IP)), sgid_index=sgid),
-                           is_global=1, port_num=1)
-        qp.to_rtr(a)
-        a = QPAttr()
-        a.sq_psn = 0
-        a.timeout = 14
-        a.retry_cnt = 7
-        a.rnr_retry = 7
-        a.max_rd_atomic = 1
-        qp.to_rts(a)
+        rc_connect(qp, INJECTOR_QPN, GID(mapped_gid(INJECTOR_IP)), sgid_index=sgid,
+                   access=acc)
         neigh = daxlib.run(["ip", "neigh", "show", INJECTOR_IP, "dev", netdev]).strip()
         if "02:00:c0:00:02:01" not in neigh:
             raise Failed(f"ip neigh: {neigh!r}, expected the injector's MAC")

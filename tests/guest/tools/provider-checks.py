@@ -21,14 +21,15 @@ import os
 import sys
 
 import pyverbs.enums as e
-from pyverbs.addr import AHAttr, GlobalRoute
 from pyverbs.cq import CQ
 from pyverbs.device import Context
 from pyverbs.mr import MR
 from pyverbs.pd import PD
 from pyverbs.pyverbs_error import PyverbsRDMAError
-from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
+from pyverbs.qp import QP, QPCap, QPInitAttr
 from pyverbs.wr import SGE, RecvWR, SendWR
+
+from odprnic_verbs import rc_connect
 
 N = 0
 FAILED = 0
@@ -93,30 +94,7 @@ def poll(cq, what, count=1, spins=2_000_000):
 
 def connect(qps, gid):
     for me, peer in ((qps[0], qps[1]), (qps[1], qps[0])):
-        a = QPAttr()
-        a.qp_access_flags = (e.IBV_ACCESS_REMOTE_WRITE |
-                             e.IBV_ACCESS_REMOTE_READ |
-                             e.IBV_ACCESS_LOCAL_WRITE)
-        a.pkey_index = 0
-        a.port_num = 1
-        me.to_init(a)
-    for me, peer in ((qps[0], qps[1]), (qps[1], qps[0])):
-        a = QPAttr()
-        a.path_mtu = e.IBV_MTU_1024
-        a.dest_qp_num = peer.qp_num
-        a.rq_psn = 0
-        a.max_dest_rd_atomic = 1
-        a.min_rnr_timer = 12
-        a.ah_attr = AHAttr(gr=GlobalRoute(dgid=gid, sgid_index=0),
-                           is_global=1, port_num=1)
-        me.to_rtr(a)
-        a = QPAttr()
-        a.sq_psn = 0
-        a.timeout = 14
-        a.retry_cnt = 7
-        a.rnr_retry = 7
-        a.max_rd_atomic = 1
-        me.to_rts(a)
+        rc_connect(me, peer.qp_num, gid)
 
 
 def main():
