@@ -18,7 +18,6 @@ Steps (TAP):
 """
 
 import os
-import subprocess
 import sys
 import time
 
@@ -28,7 +27,7 @@ import daxlib  # noqa: E402
 import pyverbs.enums as e  # noqa: E402
 from daxlib import Failed, Tap  # noqa: E402
 from odprnic_ctl import Control  # noqa: E402
-from odprnic_verbs import rc_connect  # noqa: E402
+from odprnic_verbs import netup, rc_connect  # noqa: E402
 from pyverbs.addr import GID  # noqa: E402
 from pyverbs.cq import CQ  # noqa: E402
 from pyverbs.device import Context  # noqa: E402
@@ -40,17 +39,6 @@ from pyverbs.wr import SGE, RecvWR, SendWR  # noqa: E402
 INJECTOR_IP = "192.0.2.1"
 INJECTOR_QPN = 0xfff000
 LENGTH = 3000
-COMMON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.bash")
-
-
-def netup():
-    """IBDEV, NETDEV and IPADDR from tools/common.bash's odprnic_netup."""
-    p = subprocess.run(["bash", "-c", f'. "{COMMON}" && odprnic_netup && '
-                        'echo "$IBDEV $NETDEV $IPADDR" || { echo "$NETUP_ERR" >&2; exit 1; }'],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if p.returncode:
-        raise Failed(f"odprnic_netup: {p.stderr.strip()}")
-    return p.stdout.split()
 
 
 def mapped_gid(ip):
@@ -88,8 +76,8 @@ def main():
     st = {}
     try:
         ibdev, netdev, ipaddr = netup()
-    except Failed as f:
-        return tap.bail(str(f))
+    except RuntimeError as x:
+        return tap.bail(str(x))
     ctl = Control.open(timeout=30.0)
     ctx = Context(name=ibdev)
     pd = PD(ctx)
