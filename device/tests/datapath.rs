@@ -1284,3 +1284,174 @@ fn loopback_atomics_execute_once_across_bus_master_fences() {
 fn atomics_to_the_injector_execute_once_across_bus_master_fences() {
     atomics_once_across_fences(true);
 }
+
+/// Serves the page faults of implicit MR `key` while `want` CQEs arrive on
+/// `cq`: each faulting page `p` (an IOVA anywhere in the address space) is
+/// mapped to the RAM page `backing(p)`. Returns the completions and the
+/// fault ranges seen.
+fn serve_implicit_faults(
+    d: &mut Driver,
+    key: u32,
+    cq: &mut TCq,
+    want: usize,
+    backing: &dyn Fn(u64) -> u64,
+) -> (Vec<Wc>, Vec<(u64, u64)>) {
+    let t = std::time::Instant::now();
+    let (mut wcs, mut faults) = (Vec::new(), Vec::new());
+    while wcs.len() < want {
+        for e in d.events() {
+            if e.ty != hw::EVENT_PAGE_FAULT {
+                continue;
+            }
+            assert_eq!(e.u32(4), key);
+            let (iova, len) = (e.u64(16), e.u64(24));
+            faults.push((iova, len));
+            let ptes: Vec<u64> = (0..len / 4096)
+                .map(|i| (RAM_GPA + backing(iova + i * 4096)) | hw::PTE_READ | hw::PTE_WRITE)
+                .collect();
+            assert_eq!(d.map_pages_raw(key, 0, iova, &ptes).status, hw::STATUS_OK);
+            assert_eq!(d.resume(e.u32(0), 0).status, hw::STATUS_OK);
+        }
+        wcs.extend(d.poll_cq(cq));
+        assert!(t.elapsed() < Duration::from_secs(5), "{wcs:?} {faults:?}");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    (wcs, faults)
+}
+
+/// Implicit ODP over the whole address space: WRITE, SEND and READ through
+/// IOVAs 2^47 apart fault page by page into a sparse table; an invalidation
+/// of the entire address space is answered at once and drops exactly the
+/// present entries; the next access faults again; the oracle stays clean.
+#[test]
+fn implicit_odp_sparse_at_the_edges_of_the_address_space() {
+    let mut s = rc_pair(7);
+    let d = &mut s.d;
+    let imr = d.create_mr(s.pd, hw::MR_IMPLICIT, 0, 0);
+    // three places a process uses: low heap, mmap area, below the top of a
+    // 47-bit user address space; and one above it
+    const LOW: u64 = 0x0000_0000_0040_0ff0;
+    const MID: u64 = 0x0000_5555_5555_7f00;
+    const HIGH: u64 = 0x0000_7fff_ffff_e800;
+    const TOP: u64 = 0xffff_ffff_fffe_0000;
+    let backing = |p: u64| -> u64 {
+        let slot = match p >> 40 {
+            0 => 0,
+            0x55 => 4,
+            0x7f => 8,
+            _ => 12,
+        };
+        0x40_0000 + (slot + (p >> 12 & 3)) * 4096
+    };
+    let sig = hw::WQE_F_SIGNALED;
+    let msg = pattern(6000, 11);
+    d.ram.write(DATA, &msg);
+    // responder-side faults: WRITE across a page boundary just below 2^47
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 1,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: HIGH,
+            rkey: imr,
+            sges: vec![(VA, 6000, s.key)],
+            ..Default::default()
+        },
+    );
+    let (w, faults) = serve_implicit_faults(d, imr, &mut s.cq_a, 1, &backing);
+    assert_eq!(w[0].status, hw::WC_SUCCESS, "{w:?}");
+    assert_eq!(faults, vec![(HIGH & !0xfff, 0x2000)]);
+    let high_off = backing(HIGH & !0xfff) + (HIGH & 0xfff);
+    assert_eq!(d.ram.read(high_off, 6000), msg);
+    // requester-side (gather) and responder-side (scatter) faults at once:
+    // SEND from the implicit MR at LOW into a receive at MID
+    d.ram
+        .write(backing(LOW & !0xfff) + (LOW & 0xfff), &msg[..100]);
+    d.post_recv(&mut s.b, 5, &[(MID, 300, imr)]);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 2,
+            opcode: hw::WR_SEND,
+            flags: sig,
+            sges: vec![(LOW, 100, imr)],
+            ..Default::default()
+        },
+    );
+    let (w, faults) = serve_implicit_faults(d, imr, &mut s.cq_a, 1, &backing);
+    assert_eq!(w[0].status, hw::WC_SUCCESS, "{w:?}");
+    // the gather crosses a page; the 100 bytes land in one page of MID
+    assert!(faults.contains(&(LOW & !0xfff, 0x2000)), "{faults:?}");
+    assert!(faults.contains(&(MID & !0xfff, 0x1000)), "{faults:?}");
+    let wb = d.wait_cq(&mut s.cq_b, 1);
+    assert_eq!((wb[0].wr_id, wb[0].byte_len), (5, 100));
+    assert_eq!(
+        d.ram.read(backing(MID & !0xfff) + (MID & 0xfff), 100),
+        msg[..100]
+    );
+    // a READ from above 2^47 into the pinned MR
+    d.ram.write(backing(TOP), &msg[..64]);
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 3,
+            opcode: hw::WR_RDMA_READ,
+            flags: sig,
+            remote_addr: TOP,
+            rkey: imr,
+            sges: vec![(VA + 0x8000, 64, s.key)],
+            ..Default::default()
+        },
+    );
+    let (w, faults) = serve_implicit_faults(d, imr, &mut s.cq_a, 1, &backing);
+    assert_eq!(w[0].status, hw::WC_SUCCESS, "{w:?}");
+    assert_eq!(faults, vec![(TOP, 0x1000)]);
+    assert_eq!(d.ram.read(DATA + 0x8000, 64), msg[..64]);
+    // the table holds exactly the 2 + 1 + 2 + 1 pages faulted in
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_MR, imr).u64(32), 6);
+    assert_eq!(s.td.counter("page_faults"), 4);
+
+    // one invalidation of the entire address space, answered at once
+    let t = std::time::Instant::now();
+    d.invalidate(imr, 0, u64::MAX, 1);
+    assert!(d.wait_inv_ack(1, Duration::from_secs(1)));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_MR, imr).u64(32), 0);
+    assert_eq!(s.td.counter("bad_invalidations"), 0);
+    // and a partial one: only the pages it covers go
+    d.post_send(
+        &mut s.a,
+        &SendWr {
+            wr_id: 4,
+            opcode: hw::WR_RDMA_WRITE,
+            flags: sig,
+            remote_addr: HIGH,
+            rkey: imr,
+            sges: vec![(VA, 6000, s.key)],
+            ..Default::default()
+        },
+    );
+    let (w, faults) = serve_implicit_faults(d, imr, &mut s.cq_a, 1, &backing);
+    assert_eq!(w[0].status, hw::WC_SUCCESS, "{w:?}");
+    assert_eq!(faults, vec![(HIGH & !0xfff, 0x2000)], "faults again");
+    d.invalidate(imr, HIGH & !0xfff, 0x1000, 2);
+    assert!(d.wait_inv_ack(2, Duration::from_secs(1)));
+    assert_eq!(d.key_cmd(hw::CMD_QUERY_MR, imr).u64(32), 1);
+    // a MAP_PAGES run may not wrap past the end of the address space
+    let pte = (RAM_GPA + DATA) | hw::PTE_READ;
+    assert_eq!(
+        d.map_pages_raw(imr, 0, 0xffff_ffff_ffff_e000, &[pte; 3])
+            .status,
+        hw::STATUS_BAD_PARAM
+    );
+    let v = s.td.ctl(json!({"op": "violations"}));
+    assert_eq!(v["count"], 0, "{v}");
+    let info = s.td.ctl(json!({"op": "mr", "key": imr}));
+    assert_eq!(info["mode"], "implicit", "{info}");
+    assert_eq!(info["mapped_pages"], 1, "{info}");
+}
