@@ -250,6 +250,20 @@ enum odprnic_mr_flags {
 	ODPRNIC_MRF_LIVE,	/* the device knows the key */
 };
 
+/*
+ * Implicit ODP (odp_rnic_imr.c): the MR's child umems, one per
+ * ODPRNIC_IMR_CHILD_SIZE-aligned block of the address space it was used in,
+ * by VA >> ODPRNIC_IMR_CHILD_SHIFT.
+ */
+#define ODPRNIC_IMR_CHILD_SHIFT	26
+#define ODPRNIC_IMR_CHILD_SIZE	BIT_ULL(ODPRNIC_IMR_CHILD_SHIFT)
+
+struct odprnic_imr {
+	struct xarray children;		/* struct odprnic_imr_child */
+	struct work_struct gc_work;	/* frees children left empty */
+	atomic_t nchildren;
+};
+
 struct odprnic_mr {
 	struct ib_mr ibmr;
 	struct odprnic_dev *dev;
@@ -262,7 +276,8 @@ struct odprnic_mr {
 	int access;
 
 	struct ib_umem *umem;		/* pinned */
-	struct ib_umem_odp *odp;	/* odp */
+	struct ib_umem_odp *odp;	/* odp; implicit: the core's anchor */
+	struct odprnic_imr imr;		/* implicit */
 
 	/* revocable */
 	struct mmu_interval_notifier notifier;
@@ -295,6 +310,12 @@ static inline struct odprnic_pd *to_opd(struct ib_pd *ibpd)
 static inline struct odprnic_mr *to_omr(struct ib_mr *ibmr)
 {
 	return container_of(ibmr, struct odprnic_mr, ibmr);
+}
+
+/* ODP, explicit or implicit: the device faults on it */
+static inline bool odprnic_mr_is_odp(const struct odprnic_mr *mr)
+{
+	return mr->mode == ODPRNIC_MR_ODP || mr->mode == ODPRNIC_MR_IMPLICIT;
 }
 
 static inline struct odprnic_ucontext *to_ouc(struct ib_ucontext *ibuc)
@@ -420,8 +441,19 @@ int odprnic_odp_stop(struct odprnic_mr *mr);
 void odprnic_odp_dereg(struct odprnic_mr *mr);
 void odprnic_odp_page_fault(struct odprnic_dev *dev,
 			    const struct odprnic_event *ev);
+void odprnic_odp_zap(struct odprnic_mr *mr, struct ib_umem_odp *odp,
+		     unsigned long start, unsigned long end);
+void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
+			   __le64 *ptes);
 int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		      u32 flags, struct ib_sge *sg_list, u32 num_sge,
 		      struct uverbs_attr_bundle *attrs);
+
+/* odp_rnic_imr.c */
+struct ib_umem_odp *odprnic_imr_alloc(struct odprnic_dev *dev,
+				      struct odprnic_mr *mr);
+int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
+		    u64 iova, u64 len, bool write, bool fault, u32 map_flags);
+void odprnic_imr_free_children(struct odprnic_mr *mr);
 
 #endif /* ODP_RNIC_H */

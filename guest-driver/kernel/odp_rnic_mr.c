@@ -7,7 +7,8 @@
  * revocable: short-term pins and an mmu interval notifier; an invalidation
  *            revokes the key through the doorbell and the pins are dropped
  *            by a work item, outside the notifier.
- * odp:       odp_rnic_odp.c.
+ * odp:       odp_rnic_odp.c; implicit ODP (the whole address space):
+ *            odp_rnic_imr.c.
  */
 #include <linux/mm.h>
 #include <linux/sched/mm.h>
@@ -358,7 +359,10 @@ int odprnic_fill_res_mr_entry(struct sk_buff *msg, struct ib_mr *ibmr)
 	    rdma_nl_put_driver_u32(msg, "revoked",
 				   test_bit(ODPRNIC_MRF_REVOKED, &mr->flags)) ||
 	    rdma_nl_put_driver_u32(msg, "dead",
-				   test_bit(ODPRNIC_MRF_DEAD, &mr->flags))) {
+				   test_bit(ODPRNIC_MRF_DEAD, &mr->flags)) ||
+	    (mr->mode == ODPRNIC_MR_IMPLICIT &&
+	     rdma_nl_put_driver_u32(msg, "children",
+				    atomic_read(&mr->imr.nchildren)))) {
 		nla_nest_cancel(msg, table);
 		return -EMSGSIZE;
 	}
@@ -441,10 +445,15 @@ struct ib_mr *odprnic_reg_user_mr(struct ib_pd *pd, u64 start, u64 len,
 	err = odprnic_choose_mode(dev, access, udata, &mode);
 	if (err)
 		return ERR_PTR(err);
-	if (!len || len > ((u64)dev->max_mr_pages << ODPRNIC_PAGE_SHIFT) -
-			  (iova & ~PAGE_MASK))
-		return ERR_PTR(mode == ODPRNIC_MR_ODP && start == 0 &&
-			       len == U64_MAX ? -EOPNOTSUPP : -EINVAL);
+	/* rdma-core's ibv_reg_mr(pd, NULL, SIZE_MAX, ON_DEMAND): implicit */
+	if (mode == ODPRNIC_MR_ODP && start == 0 && len == U64_MAX) {
+		if (iova)
+			return ERR_PTR(-EINVAL);
+		mode = ODPRNIC_MR_IMPLICIT;
+	} else if (!len || len > ((u64)dev->max_mr_pages << ODPRNIC_PAGE_SHIFT) -
+				 (iova & ~PAGE_MASK)) {
+		return ERR_PTR(-EINVAL);
+	}
 	/* MR table entries follow the pages of the IOVA range */
 	if (offset_in_page(start) != offset_in_page(iova))
 		return ERR_PTR(-EINVAL);
@@ -518,7 +527,7 @@ int odprnic_dereg_mr(struct ib_mr *ibmr, struct ib_udata *udata)
 	 * before it completes, so after it the pages may go. If it cannot
 	 * say so in time, nothing but the fence makes releasing them safe.
 	 */
-	if (mr->mode == ODPRNIC_MR_ODP) {
+	if (odprnic_mr_is_odp(mr)) {
 		err = odprnic_odp_stop(mr);
 	} else {
 		bool live;

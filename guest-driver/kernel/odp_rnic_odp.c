@@ -7,7 +7,9 @@
  * faults the range in with ib_umem_odp_map_dma_and_lock(), writes the
  * translations with MAP_PAGES under umem_mutex and answers RESUME. The
  * mmu interval notifier takes pages back: doorbell, wait for the
- * acknowledgment (bounded by inv_timeout_ms), then unmap.
+ * acknowledgment (bounded by inv_timeout_ms), then unmap. Implicit ODP
+ * (one MR over the whole address space) lives in odp_rnic_imr.c and
+ * joins here in odprnic_odp_map() and the registration.
  */
 #include <linux/sched/mm.h>
 
@@ -16,24 +18,18 @@
 
 #define ODPRNIC_PREFETCH_TRIES	16
 
-static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
-				   const struct mmu_notifier_range *range,
-				   unsigned long cur_seq)
+/*
+ * odprnic_odp_zap - the heart of an ODP notifier, under @odp's umem_mutex:
+ * take [@start, @end) (user VAs inside @odp) of @mr away from the device
+ * and wait, bounded, until it confirms; then unmap the pages. @mr is NULL
+ * while the umem is being set up.
+ */
+void odprnic_odp_zap(struct odprnic_mr *mr, struct ib_umem_odp *odp,
+		     unsigned long start, unsigned long end)
 {
-	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
-					       notifier);
-	struct odprnic_mr *mr = odp->private;
-	unsigned long start, end;
 	int err;
 
-	if (!mmu_notifier_range_blockable(range))
-		return false;
-
-	mutex_lock(&odp->umem_mutex);
-	mmu_interval_set_seq(mni, cur_seq);
-	start = max(ib_umem_start(odp), range->start);
-	end = min(ib_umem_end(odp), range->end);
-
+	lockdep_assert_held(&odp->umem_mutex);
 	/* nothing mapped, nothing the device can reach */
 	if (!mr || !odp->npages || !test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
 		goto unmap;
@@ -51,6 +47,23 @@ static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
 	}
 unmap:
 	ib_umem_odp_unmap_dma_pages(odp, start, end);
+}
+
+static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
+				   const struct mmu_notifier_range *range,
+				   unsigned long cur_seq)
+{
+	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
+					       notifier);
+
+	if (!mmu_notifier_range_blockable(range))
+		return false;
+
+	mutex_lock(&odp->umem_mutex);
+	mmu_interval_set_seq(mni, cur_seq);
+	odprnic_odp_zap(odp->private, odp,
+			max(ib_umem_start(odp), range->start),
+			min(ib_umem_end(odp), range->end));
 	mutex_unlock(&odp->umem_mutex);
 	return true;
 }
@@ -61,26 +74,27 @@ static const struct mmu_interval_notifier_ops odprnic_odp_mn_ops = {
 
 int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
 {
+	bool implicit = mr->mode == ODPRNIC_MR_IMPLICIT;
 	struct ib_umem_odp *odp;
 	int err;
 
 	if (!(dev->caps & ODPRNIC_CAP_ODP))
 		return -EOPNOTSUPP;
-	/* implicit ODP (the whole address space) is not implemented yet */
-	if (mr->start == 0 && mr->length == U64_MAX)
-		return -EOPNOTSUPP;
-
-	odp = ib_umem_odp_get(&dev->ibdev, mr->start, mr->length, mr->access,
-			      &odprnic_odp_mn_ops);
+	if (implicit)
+		odp = odprnic_imr_alloc(dev, mr);
+	else
+		odp = ib_umem_odp_get(&dev->ibdev, mr->start, mr->length,
+				      mr->access, &odprnic_odp_mn_ops);
 	if (IS_ERR(odp))
 		return PTR_ERR(odp);
 	mr->odp = odp;
 	mr->umem = &odp->umem;
 
+	/* "CREATE_MR": iova and length 0 for MR_IMPLICIT */
 	err = odprnic_cmd_create_mr(dev, to_opd(mr->ibmr.pd)->pdn,
 				    odprnic_access_to_hw(mr->access),
-				    ODPRNIC_MR_ODP, mr->iova, mr->length,
-				    &mr->key);
+				    mr->mode, implicit ? 0 : mr->iova,
+				    implicit ? 0 : mr->length, &mr->key);
 	if (err) {
 		ib_umem_odp_release(odp);
 		mr->odp = NULL;
@@ -108,9 +122,33 @@ int odprnic_odp_stop(struct odprnic_mr *mr)
 
 void odprnic_odp_dereg(struct odprnic_mr *mr)
 {
+	if (mr->mode == ODPRNIC_MR_IMPLICIT)
+		odprnic_imr_free_children(mr);
 	ib_umem_odp_release(mr->odp);
 	mr->odp = NULL;
 	mr->umem = NULL;
+}
+
+/*
+ * The device's entries for pages @idx.. @idx + @n - 1 of @odp, under
+ * umem_mutex after ib_umem_odp_map_dma_and_lock(): not present where the
+ * page is not.
+ */
+void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
+			   __le64 *ptes)
+{
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		dma_addr_t addr;
+		bool w;
+		u64 pte = 0;
+
+		if (odprnic_odp_page_addr(odp, idx + i, &addr, &w))
+			pte = (addr & PAGE_MASK) | ODPRNIC_PTE_READ |
+			      (w ? ODPRNIC_PTE_WRITE : 0);
+		ptes[i] = cpu_to_le64(pte);
+	}
 }
 
 /*
@@ -127,6 +165,9 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 	u64 mr_end, pos, end;
 	int err = 0;
 
+	if (mr->mode == ODPRNIC_MR_IMPLICIT)
+		return odprnic_imr_map(mr, s, iova, len, write, fault,
+				       map_flags);
 	/*
 	 * The device asks for whole pages ("Page faults"), which reach past
 	 * the bytes of an MR that does not start and end on page boundaries
@@ -146,7 +187,6 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 		u64 bcnt = min_t(u64, (u64)n << PAGE_SHIFT,
 				 ib_umem_end(odp) - va);
 		size_t idx = (va - ib_umem_start(odp)) >> PAGE_SHIFT;
-		u32 i;
 		int ret;
 
 		ret = ib_umem_odp_map_dma_and_lock(odp, va, bcnt,
@@ -160,16 +200,7 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 			mutex_unlock(&odp->umem_mutex);
 			return -EFAULT;
 		}
-		for (i = 0; i < n; i++) {
-			dma_addr_t addr;
-			bool w;
-			u64 pte = 0;
-
-			if (odprnic_odp_page_addr(odp, idx + i, &addr, &w))
-				pte = (addr & PAGE_MASK) | ODPRNIC_PTE_READ |
-				      (w ? ODPRNIC_PTE_WRITE : 0);
-			s->data[i] = cpu_to_le64(pte);
-		}
+		odprnic_odp_fill_ptes(odp, idx, n, s->data);
 		err = odprnic_cmd_map_pages(mr->dev, s, mr->key, map_flags,
 					    pos, n);
 		mutex_unlock(&odp->umem_mutex);
@@ -214,7 +245,7 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 		return;
 	}
 	mr = odprnic_mr_get(dev, key);
-	if (mr && mr->mode == ODPRNIC_MR_ODP) {
+	if (mr && odprnic_mr_is_odp(mr)) {
 		atomic64_inc(&mr->faults);
 		err = odprnic_odp_map(mr, s, iova, len, write, true, 0);
 		if (!err || err == -EAGAIN || err == -EBUSY)
@@ -265,7 +296,7 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 	for (i = 0; i < num_sge && !err; i++) {
 		struct odprnic_mr *mr = odprnic_mr_get(dev, sg_list[i].lkey);
 
-		if (!mr || mr->mode != ODPRNIC_MR_ODP ||
+		if (!mr || !odprnic_mr_is_odp(mr) ||
 		    mr->ibmr.pd != pd) {
 			err = -EINVAL;
 		} else {

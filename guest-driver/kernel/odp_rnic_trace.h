@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * odp_rnic tracepoints: page faults and their resumes, invalidations from
- * doorbell to acknowledgment, revocations and timeouts. Everything else is
- * dynamic debug.
+ * doorbell to acknowledgment, revocations, implicit ODP children made and
+ * freed, and timeouts. Everything else is dynamic debug.
  */
 #undef TRACE_SYSTEM
 #define TRACE_SYSTEM odp_rnic
@@ -97,6 +97,22 @@ TRACE_EVENT(odprnic_revoke,
 	    TP_printk("key=%#x mmu_event=%d range=%#lx-%#lx",
 		      __entry->key, __entry->event, __entry->start,
 		      __entry->end)
+);
+
+TRACE_EVENT(odprnic_imr_child,
+	    TP_PROTO(u32 key, u64 start, u64 len, bool made),
+	    TP_ARGS(key, start, len, made),
+	    TP_STRUCT__entry(__field(u32, key)
+			     __field(u64, start)
+			     __field(u64, len)
+			     __field(bool, made)),
+	    TP_fast_assign(__entry->key = key;
+			   __entry->start = start;
+			   __entry->len = len;
+			   __entry->made = made;),
+	    TP_printk("key=%#x child %#llx-%#llx %s", __entry->key,
+		      __entry->start, __entry->start + __entry->len,
+		      __entry->made ? "made" : "freed")
 );
 
 TRACE_EVENT(odprnic_timeout,

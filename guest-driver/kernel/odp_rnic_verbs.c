@@ -71,7 +71,9 @@ static int odprnic_query_device(struct ib_device *ibdev,
 		if (dev->caps & ODPRNIC_CAP_UD)
 			attr->odp_caps.per_transport_caps.ud_odp_caps =
 				IB_ODP_SUPPORT_SEND | IB_ODP_SUPPORT_RECV;
-		/* implicit ODP is refused until the driver implements it */
+		/* "Capabilities": only what this device instance offers */
+		if (dev->caps & ODPRNIC_CAP_IMPLICIT_ODP)
+			attr->odp_caps.general_caps |= IB_ODP_SUPPORT_IMPLICIT;
 	}
 	return 0;
 }
