@@ -31,11 +31,16 @@ lies in its own block of the driver (docs/driver.md, "Implicit ODP").
       cleanly, and the child its fault made goes again
   (i) ibv_advise_mr(PREFETCH_WRITE, FLUSH) of a fresh region: a remote
       write there then needs no page fault and lands
-  (j) rdma statistic show mr: the MR's page_faults, page_invalidations and
+  (j) a race: 200 remote writes into a region while another thread
+      alternately zaps it (MADV_DONTNEED) and unmaps and maps it again: every
+      write succeeds or fails cleanly (never a timeout), the driver's child
+      for the block comes and goes, and afterwards a write lands byte-exact
+  (k) rdma statistic show mr: the MR's page_faults, page_invalidations and
       page_prefetch are those the steps above caused (non-zero)
-  (k) after deregistration every child made during the test was freed (the
+  (l) after deregistration every child made during the test was freed (the
       tracepoint, made and freed per block); the device forgets the key
-  (l) the DMA oracle recorded no violation
+  (m) the DMA oracle recorded no violation; the kernel logged no warning
+      (WARNING, BUG, refcount_t) meanwhile
 
 Output is TAP; the exit status is non-zero when a step failed.
 """
@@ -46,7 +51,9 @@ import json
 import mmap
 import os
 import re
+import random
 import sys
+import threading
 import time
 
 import daxlib
@@ -227,6 +234,7 @@ def main():
 
 
 def scenario(tap):
+    dmesg_at_start = len(daxlib.run(["dmesg"]))
     env = daxlib.Env.setup(tap)
     odp_on = env.odp_on
     off = None if odp_on else "device --odp off"
@@ -496,6 +504,61 @@ def scenario(tap):
              step_i, needs=["mr"], st=st, skip=off)
 
     def step_j():
+        mr, t = st["mr"], st["trace"]
+        r = region(5)
+        base = r.addr
+        stop, churn_err, rounds = threading.Event(), [], [0]
+
+        def churn():
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+            while not stop.is_set():
+                if rounds[0] % 2:
+                    if libc.madvise(base, REGION, MADV_DONTNEED):
+                        churn_err.append(f"madvise: {os.strerror(ctypes.get_errno())}")
+                        return
+                else:
+                    # the region is gone for a moment, then back
+                    if (libc.munmap(base, REGION) or
+                            libc.mmap(base, REGION, prot, flags, -1, 0) != base):
+                        churn_err.append(f"munmap/mmap: {os.strerror(ctypes.get_errno())}")
+                        return
+                rounds[0] += 1
+                time.sleep(0.002)
+
+        t.mark()
+        thr = threading.Thread(target=churn, daemon=True)
+        thr.start()
+        seen = {}
+        try:
+            for _ in range(200):
+                off = random.randrange(0, REGION - 300)
+                resp = env.ctl.remote_write(mr.rkey, base + off, os.urandom(300), check=False)
+                key = resp.get("status", f"no status: {resp.get('error')}")
+                seen[key] = seen.get(key, 0) + 1
+        finally:
+            stop.set()
+            thr.join(30)
+        if thr.is_alive():
+            raise Failed("the thread that unmaps and zaps did not stop")
+        if churn_err:
+            raise Failed(churn_err[0])
+        bad = {k: v for k, v in seen.items() if k not in ("success", "remote_access_error")}
+        if bad or not seen.get("success"):
+            raise Failed(f"remote write outcomes {seen}")
+        block = base // BLOCK * BLOCK
+        ev = [w for b, w in child_events(t, mr.rkey) if b == block]
+        data = os.urandom(9000)
+        resp = env.ctl.remote_write(mr.rkey, base + 1234, data)
+        daxlib.expect_success(resp, "remote write after the race")
+        daxlib.expect_bytes(r.read(1234, len(data)), data, "the region after the race")
+        return (f"{rounds[0]} rounds of MADV_DONTNEED or munmap+mmap; writes {seen}; the block's "
+                f"child made {ev.count('made')}x, freed {ev.count('freed')}x; then byte-exact")
+
+    tap.step("(j) remote writes racing MADV_DONTNEED and munmap+mmap of the same region",
+             step_j, needs=["mr", "trace"], st=st, skip=off)
+
+    def step_k():
         mr = st["mr"]
         s = mr_stats(env.ibdev, st["mrn"])
         want = ("page_faults", "page_invalidations", "page_prefetch")
@@ -507,10 +570,10 @@ def scenario(tap):
             raise Failed(f"rdma resource show mr -dd: {daxlib.brief(res)}")
         return f"{daxlib.brief({k: s[k] for k in want})}; drv_mode 2, children {res.get('drv_children')}"
 
-    tap.step("(j) per-MR counters in restrack (rdma statistic show mr)", step_j,
+    tap.step("(k) per-MR counters in restrack (rdma statistic show mr)", step_k,
              needs=["mrn"], st=st, skip=off)
 
-    def step_k():
+    def step_l():
         mr, t = st.pop("mr"), st["trace"]
         rkey = mr.rkey
         mr.close()
@@ -527,17 +590,22 @@ def scenario(tap):
         return (f"{sum(made.values())} children made over the test ({len(made)} blocks), as many "
                 f"freed; device: {resp.get('error', resp)}")
 
-    tap.step("(k) deregistration: every child made was freed; the device forgets the key", step_k,
+    tap.step("(l) deregistration: every child made was freed; the device forgets the key", step_l,
              needs=["mr", "trace"], st=st, skip=off)
 
-    def step_l():
+    def step_m():
         v = env.ctl.violations()
         count = v.get("count", len(v.get("violations", [])))
         if count:
             raise Failed(f"{count} oracle violation(s): {daxlib.brief(v.get('violations', [])[:4])}")
-        return "0 violations"
+        log = daxlib.run(["dmesg"])[dmesg_at_start:]
+        bad = [line for line in log.splitlines()
+               if re.search(r"WARNING:|BUG:|refcount_t:|general protection", line)]
+        if bad:
+            raise Failed("kernel log:\n" + "\n".join(bad[:10]))
+        return "0 violations; no kernel warning"
 
-    tap.step("(l) DMA oracle: no violations", step_l)
+    tap.step("(m) DMA oracle: no violations; no kernel warning", step_m)
 
     for obj in st.get("qp_objs", []) + ([st["mr"]] if "mr" in st else []):
         try:
