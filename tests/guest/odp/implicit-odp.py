@@ -28,7 +28,8 @@ lies in its own block of the driver (docs/driver.md, "Implicit ODP").
   (h) munmap of a region alone in its block: invalidation (counter and
       tracepoint), the block's child is freed (odprnic_imr_child tracepoint,
       rdma resource show mr -dd children); a remote write there then fails
-      cleanly, and the child its fault made goes again
+      cleanly, and the child its fault made goes again; one above the user
+      address space fails without making a child
   (i) ibv_advise_mr(PREFETCH_WRITE, FLUSH) of a fresh region: a remote
       write there then needs no page fault and lands
   (j) a race: 200 remote writes into a region while another thread
@@ -74,6 +75,8 @@ REGION = 4 * MIB
 # 256 MiB apart, far from what the loader and malloc use
 AREA = 0x3e00_0000_0000
 STRIDE = 256 * MIB
+# no process maps this (the kernel's half of the address space)
+KERNEL_VA = 0xffff_8000_0000_0000
 MAP_FIXED_NOREPLACE = 0x100000
 MADV_DONTNEED = 4
 DAX_FILE_SIZE = 2 * MIB
@@ -476,8 +479,15 @@ def scenario(tap):
             raise Failed(f"remote write to the unmapped range: {daxlib.brief(resp)}")
         # the failed fault made a child that holds nothing: it goes again
         ev = wait_freed("after the failed remote write", False)
+        # above the user address space: refused without making anything
+        t.mark()
+        high = env.ctl.remote_write(mr.rkey, KERNEL_VA, b"y" * 64, check=False)
+        if high.get("status") in ("success", "timeout", None) or child_events(t, mr.rkey):
+            raise Failed(f"remote write to 0x{KERNEL_VA:x}: {daxlib.brief(high)}, children "
+                         f"{child_events(t, mr.rkey)}")
         return (f"invalidations {inv0} -> {inv1}; child 0x{block:x} freed; children {kids0} -> "
-                f"{kids1}; a remote write there then: {status}, its child {ev}")
+                f"{kids1}; a remote write there then: {status}, its child {ev}; one to "
+                f"0x{KERNEL_VA:x}: {high.get('status')}, no child")
 
     tap.step("(h) munmap of a region alone in its block invalidates and frees its child; a "
              "remote write there fails cleanly", step_h, needs=["mr", "trace"], st=st, skip=off)
