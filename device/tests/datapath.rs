@@ -1212,7 +1212,16 @@ fn atomics_once_across_fences(peer: bool) {
                 }
                 dev.config_write(4, &(on | 0x4).to_le_bytes()).unwrap();
                 k = k.wrapping_add(7);
-                std::thread::yield_now();
+                // mostly back-to-back flips, but now and then a window with
+                // bus mastering on: without one, an operation that needs
+                // the bus for longer than the flipper's gap can be fenced
+                // on every retry (a livelock of the test's own making,
+                // seen on loaded two-core machines)
+                if k % 16 == 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                } else {
+                    std::thread::yield_now();
+                }
             }
         })
     };
