@@ -1217,7 +1217,7 @@ fn atomics_once_across_fences(peer: bool) {
                 // the bus for longer than the flipper's gap can be fenced
                 // on every retry (a livelock of the test's own making,
                 // seen on loaded two-core machines)
-                if k % 16 == 0 {
+                if k.is_multiple_of(16) {
                     std::thread::sleep(std::time::Duration::from_micros(200));
                 } else {
                     std::thread::yield_now();
