@@ -101,14 +101,27 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
             ));
         }
     }
+    // Bound and listening under a temporary name, then renamed: whoever
+    // waits for `path` to appear (scripts/vm before starting QEMU, tests)
+    // can connect as soon as it does; a bind straight to `path` leaves a
+    // moment in which the file exists and connect() is refused.
+    let name = path
+        .file_name()
+        .map_or("socket".into(), |n| n.to_string_lossy());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     // SAFETY: umask only changes this process's file-creation mask; it is
     // restored right after the bind, before any other thread exists.
     let old = unsafe { libc::umask(0o177) };
-    let l = UnixListener::bind(path);
+    let l = UnixListener::bind(&tmp);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let l = l?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(l)
 }
 
