@@ -32,6 +32,7 @@ extern unsigned int odprnic_cmd_timeout_ms;
 extern unsigned int odprnic_inv_timeout_ms;
 extern char *odprnic_default_mr_mode;
 extern bool odprnic_force_datapath;
+extern bool odprnic_recovery;
 
 /* A split virtqueue in one DMA-coherent block ("Queues"). */
 struct odprnic_vq {
@@ -94,6 +95,8 @@ struct odprnic_stats {
 	atomic64_t invalidations;
 	atomic64_t revocations;
 	atomic64_t events;
+	atomic64_t recoveries;
+	atomic64_t recovery_failures;
 };
 
 /* One MSI-X vector of ODPRNIC_VEC_CQ_FIRST.. and the CQs that use it. */
@@ -107,8 +110,18 @@ struct odprnic_cq_vec {
 
 #define ODPRNIC_MAX_CQ_VECS	(ODPRNIC_NUM_VECTORS - ODPRNIC_VEC_CQ_FIRST)
 
-struct odprnic_dev {
+/*
+ * The PCI function (struct odprnic_dev) outlives its ib_devices: after a
+ * recovery the old ib_device is unregistered and freed, and a fresh one is
+ * registered for the reset device. An ib_device cannot be registered twice.
+ */
+struct odprnic_ib {
 	struct ib_device ibdev;
+	struct odprnic_dev *dev;
+};
+
+struct odprnic_dev {
+	struct ib_device *ibdev;	/* NULL while none is registered */
 	struct pci_dev *pdev;
 	void __iomem *regs;
 	struct net_device *netdev;
@@ -151,7 +164,21 @@ struct odprnic_dev {
 	bool lost;		/* registers read all-ones: device gone */
 	unsigned long fence_once;
 	bool fenced;		/* bus mastering cleared after a timeout */
-	bool ib_registered;
+
+	/*
+	 * Recovery (odp_rnic_main.c): after a fence, a device error or a
+	 * command timeout, a work item unregisters the ib_device, resets the
+	 * device and registers a new one. recovery_lock orders it against
+	 * remove(); removing stops it from starting again.
+	 */
+	struct work_struct recovery_work;
+	struct mutex recovery_lock;	/* ibdev, the restart */
+	spinlock_t recovery_why_lock;	/* recovery_why */
+	char recovery_why[64];
+	bool recovering;	/* a recovery runs: no new one is queued */
+	bool removing;
+	unsigned int recent_recoveries;
+	unsigned long recovery_window;	/* jiffies the count started */
 	struct odprnic_stats stats;
 };
 
@@ -299,7 +326,7 @@ struct odprnic_mr {
 
 static inline struct odprnic_dev *to_odev(struct ib_device *ibdev)
 {
-	return container_of(ibdev, struct odprnic_dev, ibdev);
+	return container_of(ibdev, struct odprnic_ib, ibdev)->dev;
 }
 
 static inline struct odprnic_pd *to_opd(struct ib_pd *ibpd)
@@ -351,11 +378,14 @@ static inline bool odprnic_dev_gone(struct odprnic_dev *dev)
 }
 
 void odprnic_fence(struct odprnic_dev *dev, const char *why);
+void odprnic_schedule_recovery(struct odprnic_dev *dev, const char *why);
 
 /* odp_rnic_cmdq.c */
 int odprnic_vq_alloc(struct odprnic_dev *dev, struct odprnic_vq *vq, u16 num);
 void odprnic_vq_free(struct odprnic_dev *dev, struct odprnic_vq *vq);
 int odprnic_cmdq_init(struct odprnic_dev *dev);
+void odprnic_vq_restart(struct odprnic_vq *vq);
+void odprnic_cmdq_restart(struct odprnic_dev *dev);
 void odprnic_cmdq_cleanup(struct odprnic_dev *dev);
 irqreturn_t odprnic_cmdq_irq(int irq, void *data);
 struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev);
@@ -378,6 +408,7 @@ int odprnic_cmd_handle(struct odprnic_dev *dev, u16 opcode, u32 handle);
 
 /* odp_rnic_eq.c */
 int odprnic_eq_init(struct odprnic_dev *dev);
+void odprnic_eq_restart(struct odprnic_dev *dev);
 void odprnic_eq_cleanup(struct odprnic_dev *dev);
 irqreturn_t odprnic_eq_irq(int irq, void *data);
 int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len);

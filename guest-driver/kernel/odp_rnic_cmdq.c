@@ -125,6 +125,38 @@ void odprnic_cmdq_cleanup(struct odprnic_dev *dev)
 	odprnic_vq_free(dev, &q->vq);
 }
 
+/* A device reset restarts both rings of @vq at index 0 ("Reset"). */
+void odprnic_vq_restart(struct odprnic_vq *vq)
+{
+	vq->avail_idx = 0;
+	vq->last_used = 0;
+	WRITE_ONCE(vq->vr.avail->idx, 0);
+	WRITE_ONCE(vq->vr.used->idx, 0);
+}
+
+/*
+ * After a device reset, between odprnic_reset() and odprnic_enable(): the
+ * device forgot every command, so every slot is free again, those
+ * abandoned to a device that never answered included. Recovery calls it
+ * only when no command can be in flight: the ib_device is unregistered
+ * (no verb runs) and the driver's workqueue is flushed (no event work).
+ */
+void odprnic_cmdq_restart(struct odprnic_dev *dev)
+{
+	struct odprnic_cmdq *q = &dev->cmdq;
+	unsigned long flags;
+	unsigned int i;
+
+	spin_lock_irqsave(&q->lock, flags);
+	odprnic_vq_restart(&q->vq);
+	for (i = 0; i < q->nslots; i++) {
+		q->slots[i].busy = false;
+		q->slots[i].abandoned = false;
+	}
+	spin_unlock_irqrestore(&q->lock, flags);
+	sema_init(&q->free_slots, q->nslots);
+}
+
 /* Consume the used ring. Caller holds q->lock. */
 static void odprnic_cmdq_reap(struct odprnic_dev *dev)
 {
@@ -341,11 +373,17 @@ static int __odprnic_cmd_exec(struct odprnic_dev *dev,
 			atomic64_inc(&dev->stats.cmd_timeouts);
 			trace_odprnic_timeout("command", opcode,
 					      odprnic_cmd_timeout_ms);
-			odprnic_dev_dead(dev);
-			dev_err_ratelimited(&dev->pdev->dev,
-					    "command %#x (cookie %u) timed out after %u ms\n",
-					    opcode, cookie,
-					    odprnic_cmd_timeout_ms);
+			if (!odprnic_dev_dead(dev))
+				dev_err_ratelimited(&dev->pdev->dev,
+						    "command %#x (cookie %u) timed out after %u ms\n",
+						    opcode, cookie,
+						    odprnic_cmd_timeout_ms);
+			/*
+			 * A device that does not answer may still act on the
+			 * command later, or may have reset itself: neither
+			 * leaves the driver's view of it trustworthy.
+			 */
+			odprnic_schedule_recovery(dev, "a command timed out");
 			return -ETIMEDOUT;
 		}
 	}

@@ -338,7 +338,7 @@ void odprnic_cq_error_event(struct odprnic_dev *dev, u32 cqn)
 	xa_lock(&dev->cqs);
 	cq = xa_load(&dev->cqs, cqn);
 	if (cq && cq->ibcq.event_handler) {
-		ev.device = &dev->ibdev;
+		ev.device = cq->ibcq.device;
 		ev.element.cq = &cq->ibcq;
 		ev.event = IB_EVENT_CQ_ERR;
 		cq->ibcq.event_handler(&ev, cq->ibcq.cq_context);

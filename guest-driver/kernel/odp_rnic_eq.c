@@ -97,6 +97,7 @@ static void odprnic_event_handle(struct odprnic_dev *dev,
 	case ODPRNIC_EVENT_DEVICE_ERROR:
 		dev_err(&dev->pdev->dev, "device error, code %u\n",
 			get_unaligned_le32(&ev->data[0]));
+		odprnic_schedule_recovery(dev, "the device reported an error");
 		break;
 	default:
 		dev_warn_ratelimited(&dev->pdev->dev, "unknown event type %u\n",
@@ -177,9 +178,24 @@ int odprnic_eq_init(struct odprnic_dev *dev)
 					    i * sizeof(*eq->bufs));
 		d->len = __cpu_to_virtio32(true, sizeof(*eq->bufs));
 		d->flags = __cpu_to_virtio16(true, VRING_DESC_F_WRITE);
-		odprnic_eq_post(&eq->vq, i);
 	}
 	return 0;
+}
+
+/*
+ * After a device reset ("Reset": the event sequence restarts at 1): every
+ * event buffer is posted again. The caller flushed the event work.
+ */
+void odprnic_eq_restart(struct odprnic_dev *dev)
+{
+	struct odprnic_eq *eq = &dev->eq;
+	u16 i;
+
+	cancel_work_sync(&eq->work);
+	odprnic_vq_restart(&eq->vq);
+	eq->last_seq = 0;
+	for (i = 0; i < ODPRNIC_EQ_SIZE; i++)
+		odprnic_eq_post(&eq->vq, i);
 }
 
 void odprnic_eq_cleanup(struct odprnic_dev *dev)

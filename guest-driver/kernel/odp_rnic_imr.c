@@ -314,7 +314,7 @@ struct ib_umem_odp *odprnic_imr_alloc(struct odprnic_dev *dev,
 	xa_init(&mr->imr.children);
 	INIT_WORK(&mr->imr.gc_work, odprnic_imr_gc);
 	atomic_set(&mr->imr.nchildren, 0);
-	return ib_umem_odp_alloc_implicit(&dev->ibdev, mr->access);
+	return ib_umem_odp_alloc_implicit(mr->ibmr.device, mr->access);
 }
 
 /*

@@ -36,7 +36,18 @@ module_param_named(force_datapath, odprnic_force_datapath, bool, 0444);
 MODULE_PARM_DESC(force_datapath,
 		 "Create CQs and QPs even if the device reports interface 1.0 (testing a device under development only)");
 
+bool odprnic_recovery = true;
+module_param_named(recovery, odprnic_recovery, bool, 0644);
+MODULE_PARM_DESC(recovery,
+		 "After a fence, a device error or a command timeout, reset the device and register a new ib_device (0: stay down until the driver is reloaded)");
+
 #define ODPRNIC_READY_TIMEOUT_MS	1000
+
+/* a device that needs more recoveries than this per window is left down */
+#define ODPRNIC_RECOVERY_BURST		5
+#define ODPRNIC_RECOVERY_WINDOW		(60 * HZ)
+/* attempts to restart the device in one recovery, with growing pauses */
+#define ODPRNIC_RESTART_TRIES		3
 
 u32 odprnic_read32(struct odprnic_dev *dev, u32 reg)
 {
@@ -64,8 +75,11 @@ bool odprnic_dev_dead(struct odprnic_dev *dev)
 	if (READ_ONCE(dev->lost) || READ_ONCE(dev->fenced))
 		return true;
 	if (odprnic_read32(dev, ODPRNIC_REG_MAGIC) == 0xffffffff) {
-		WRITE_ONCE(dev->lost, true);
-		dev_err(&dev->pdev->dev, "device lost (registers read all-ones)\n");
+		if (!xchg(&dev->lost, true)) {
+			dev_err(&dev->pdev->dev,
+				"device lost (registers read all-ones)\n");
+			odprnic_schedule_recovery(dev, "the device was lost");
+		}
 		return true;
 	}
 	return false;
@@ -76,15 +90,48 @@ bool odprnic_dev_dead(struct odprnic_dev *dev)
  * write completes. The last resort when the device did not confirm that it
  * stopped touching memory the kernel takes back.
  */
-void odprnic_fence(struct odprnic_dev *dev, const char *why)
+static void __odprnic_fence(struct odprnic_dev *dev, const char *why)
 {
 	if (test_and_set_bit(0, &dev->fence_once))
 		return;
 	pci_clear_master(dev->pdev);
 	WRITE_ONCE(dev->fenced, true);
 	dev_err(&dev->pdev->dev,
-		"fenced: bus mastering cleared because %s; the device does no DMA until the driver is reloaded\n",
-		why);
+		"fenced: bus mastering cleared because %s; the device does no DMA until %s\n",
+		why, READ_ONCE(odprnic_recovery) ? "it is reset" :
+		"the driver is reloaded");
+}
+
+void odprnic_fence(struct odprnic_dev *dev, const char *why)
+{
+	__odprnic_fence(dev, why);
+	odprnic_schedule_recovery(dev, why);
+}
+
+/*
+ * odprnic_schedule_recovery - the device can no longer be trusted (@why):
+ * have the recovery work fence it, take the ib_device down and bring a
+ * new one up on the reset device. Callable from any context, including
+ * MMU notifiers and the event work; the first reason wins.
+ */
+void odprnic_schedule_recovery(struct odprnic_dev *dev, const char *why)
+{
+	unsigned long flags;
+
+	bool queue = false;
+
+	if (READ_ONCE(dev->removing))
+		return;
+	spin_lock_irqsave(&dev->recovery_why_lock, flags);
+	/* a recovery under way handles what goes wrong while it runs */
+	if (!dev->recovering && !dev->recovery_why[0]) {
+		strscpy(dev->recovery_why, why, sizeof(dev->recovery_why));
+		queue = true;
+	}
+	spin_unlock_irqrestore(&dev->recovery_why_lock, flags);
+	/* not dev->wq: unregistering flushes it (unpin work, event work) */
+	if (queue)
+		queue_work(system_long_wq, &dev->recovery_work);
 }
 
 static int odprnic_wait_status(struct odprnic_dev *dev, u32 mask, u32 want)
@@ -137,6 +184,10 @@ static int odprnic_enable(struct odprnic_dev *dev)
 {
 	int err;
 
+	/* "Reset" cleared the queue registers and the used rings' indices */
+	odprnic_cmdq_restart(dev);
+	odprnic_eq_restart(dev);
+
 	odprnic_vq_regs(dev, &dev->cmdq.vq, ODPRNIC_REG_CMDQ_DESC);
 	odprnic_vq_regs(dev, &dev->eq.vq, ODPRNIC_REG_EQ_DESC);
 	odprnic_write32(dev, ODPRNIC_REG_CONTROL, ODPRNIC_CONTROL_ENABLE);
@@ -144,7 +195,7 @@ static int odprnic_enable(struct odprnic_dev *dev)
 				  ODPRNIC_STATUS_READY);
 	if (err)
 		return err;
-	/* the event buffers were put on the avail ring by odprnic_eq_init() */
+	/* the event buffers were put on the avail ring by odprnic_eq_restart() */
 	odprnic_write32(dev, ODPRNIC_REG_EQ_NOTIFY, 1);
 	return 0;
 }
@@ -272,12 +323,153 @@ static void odprnic_datapath_cleanup(struct odprnic_dev *dev)
 	dev->datapath = false;
 }
 
+/*
+ * Bring the device from any state to serving commands: reset it (which
+ * also clears STATUS_FATAL), give it the queues again, let it master the
+ * bus, enable it and check it answers. Used by probe and by recovery.
+ */
+static int odprnic_start(struct odprnic_dev *dev)
+{
+	int err;
+
+	err = odprnic_reset(dev);
+	if (err)
+		return err;
+	WRITE_ONCE(dev->fenced, false);
+	clear_bit(0, &dev->fence_once);
+	pci_set_master(dev->pdev);
+	err = odprnic_enable(dev);
+	if (!err)
+		err = odprnic_cmd_nop(dev);
+	if (err) {
+		/* stop whatever the device began before it failed */
+		pci_clear_master(dev->pdev);
+		WRITE_ONCE(dev->fenced, true);
+		set_bit(0, &dev->fence_once);
+	}
+	return err;
+}
+
+/* A recovery more than ODPRNIC_RECOVERY_BURST times a window: give up. */
+static bool odprnic_recovery_allowed(struct odprnic_dev *dev)
+{
+	if (!dev->recent_recoveries ||
+	    time_after(jiffies, dev->recovery_window + ODPRNIC_RECOVERY_WINDOW)) {
+		dev->recovery_window = jiffies;
+		dev->recent_recoveries = 0;
+	}
+	return ++dev->recent_recoveries <= ODPRNIC_RECOVERY_BURST;
+}
+
+/*
+ * Recovery ("Reset"). The ordering is what makes it safe:
+ *
+ * 1. Fence first (if nothing did yet): from here the device does no DMA,
+ *    so every page and ring the teardown frees is safe to free, and every
+ *    command fails at once instead of waiting cmd_timeout_ms.
+ * 2. Tell the ib_device's users (IB_EVENT_DEVICE_FATAL), then unregister
+ *    it: the core disassociates user contexts and destroys every object
+ *    through the driver's destroy verbs, which treat a fenced device as
+ *    having destroyed everything already.
+ * 3. Flush the driver's workqueue (event, unpin and prefetch work), so no
+ *    command is in flight when the queues restart.
+ * 4. Reset and enable the device, a bounded number of times.
+ * 5. Register a new ib_device.
+ *
+ * A device that is lost (reads all-ones, as after a surprise removal)
+ * stops after step 3: its ib_device is gone, the PCI function stays bound
+ * until remove(). recovery_lock orders all of this against remove().
+ */
+static void odprnic_recovery_work(struct work_struct *work)
+{
+	struct odprnic_dev *dev = container_of(work, struct odprnic_dev,
+					       recovery_work);
+	struct device *d = &dev->pdev->dev;
+	char why[sizeof(dev->recovery_why)];
+	unsigned long flags;
+	ktime_t t0 = ktime_get();
+	int err = -ENODEV, i;
+
+	spin_lock_irqsave(&dev->recovery_why_lock, flags);
+	strscpy(why, dev->recovery_why, sizeof(why));
+	dev->recovery_why[0] = '\0';
+	dev->recovering = true;
+	spin_unlock_irqrestore(&dev->recovery_why_lock, flags);
+
+	mutex_lock(&dev->recovery_lock);
+	if (dev->removing)
+		goto out;
+	__odprnic_fence(dev, why);
+	trace_odprnic_recovery(why, "start", 0, 0);
+
+	if (dev->ibdev) {
+		struct ib_event ev = {
+			.device = dev->ibdev,
+			.event = IB_EVENT_DEVICE_FATAL,
+			.element.port_num = 1,
+		};
+
+		ib_dispatch_event(&ev);
+		dev_warn(d, "recovery: %s; unregistering %s\n", why,
+			 dev_name(&dev->ibdev->dev));
+		odprnic_unregister_ibdev(dev);
+	}
+	flush_workqueue(dev->wq);
+	trace_odprnic_recovery(why, "unregistered", 0,
+			       ktime_us_delta(ktime_get(), t0));
+
+	if (READ_ONCE(dev->lost)) {
+		dev_err(d, "recovery: the device is gone; it stays down until it is removed\n");
+		goto failed;
+	}
+	if (!READ_ONCE(odprnic_recovery)) {
+		dev_err(d, "recovery disabled (recovery=0): the device stays down until the driver is reloaded\n");
+		goto failed;
+	}
+	if (!odprnic_recovery_allowed(dev)) {
+		dev_err(d, "recovery: more than %u recoveries within %u s; the device stays down until the driver is reloaded\n",
+			ODPRNIC_RECOVERY_BURST, ODPRNIC_RECOVERY_WINDOW / HZ);
+		goto failed;
+	}
+	for (i = 0; i < ODPRNIC_RESTART_TRIES; i++) {
+		if (i)
+			msleep(100 << i);
+		err = odprnic_start(dev);
+		if (!err || READ_ONCE(dev->lost))
+			break;
+		dev_warn(d, "recovery: restart %d of %d failed: %d\n", i + 1,
+			 ODPRNIC_RESTART_TRIES, err);
+	}
+	if (err)
+		goto failed;
+	/* what goes wrong from here on is a new reason to recover */
+	spin_lock_irqsave(&dev->recovery_why_lock, flags);
+	dev->recovering = false;
+	spin_unlock_irqrestore(&dev->recovery_why_lock, flags);
+	err = odprnic_register_ibdev(dev);
+	if (err)
+		goto failed;
+	atomic64_inc(&dev->stats.recoveries);
+	trace_odprnic_recovery(why, "recovered", 0,
+			       ktime_us_delta(ktime_get(), t0));
+	dev_warn(d, "recovered in %lld ms: %s is a new ib_device on the reset device\n",
+		 ktime_ms_delta(ktime_get(), t0), dev_name(&dev->ibdev->dev));
+	goto out;
+
+failed:
+	atomic64_inc(&dev->stats.recovery_failures);
+	trace_odprnic_recovery(why, "failed", err,
+			       ktime_us_delta(ktime_get(), t0));
+out:
+	mutex_unlock(&dev->recovery_lock);
+}
+
 static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct odprnic_dev *dev;
 	int err;
 
-	dev = ib_alloc_device(odprnic_dev, ibdev);
+	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
 	if (!dev)
 		return -ENOMEM;
 	dev->pdev = pdev;
@@ -288,10 +480,13 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	xa_init(&dev->cqs);
 	xa_init(&dev->qps);
 	ida_init(&dev->db_ida);
+	INIT_WORK(&dev->recovery_work, odprnic_recovery_work);
+	mutex_init(&dev->recovery_lock);
+	spin_lock_init(&dev->recovery_why_lock);
 
 	err = pci_enable_device(pdev);
 	if (err)
-		goto err_dealloc;
+		goto err_free;
 	err = pci_request_regions(pdev, ODPRNIC_DRV_NAME);
 	if (err)
 		goto err_disable;
@@ -312,18 +507,12 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	err = odprnic_check_device(dev);
 	if (err)
 		goto err_unmap;
-	err = odprnic_reset(dev);
-	if (err) {
-		dev_err(&pdev->dev, "reset failed: %d\n", err);
-		goto err_unmap;
-	}
-	pci_set_master(pdev);
 
 	dev->wq = alloc_workqueue("odp_rnic", WQ_HIGHPRI | WQ_UNBOUND |
 				  WQ_MEM_RECLAIM, 0);
 	if (!dev->wq) {
 		err = -ENOMEM;
-		goto err_clear_master;
+		goto err_unmap;
 	}
 	err = odprnic_cmdq_init(dev);
 	if (err)
@@ -334,21 +523,18 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	err = odprnic_setup_irqs(dev);
 	if (err)
 		goto err_eq;
-	err = odprnic_enable(dev);
+	err = odprnic_start(dev);
 	if (err) {
-		dev_err(&pdev->dev, "enable failed: %d\n", err);
+		dev_err(&pdev->dev, "the device does not start: %d\n", err);
 		goto err_irqs;
-	}
-	err = odprnic_cmd_nop(dev);
-	if (err) {
-		dev_err(&pdev->dev, "NOP failed: %d\n", err);
-		goto err_reset;
 	}
 	odprnic_datapath_init(dev);
 	err = odprnic_netdev_init(dev);
 	if (err)
 		goto err_reset;
+	mutex_lock(&dev->recovery_lock);
 	err = odprnic_register_ibdev(dev);
+	mutex_unlock(&dev->recovery_lock);
 	if (err)
 		goto err_netdev;
 	return 0;
@@ -359,23 +545,25 @@ err_reset:
 	odprnic_reset(dev);
 	odprnic_datapath_cleanup(dev);
 err_irqs:
+	/* nothing the device does from here may start recovery */
+	WRITE_ONCE(dev->removing, true);
 	odprnic_free_irqs(dev);
+	cancel_work_sync(&dev->recovery_work);
+	pci_clear_master(pdev);
 err_eq:
 	odprnic_eq_cleanup(dev);
 err_cmdq:
 	odprnic_cmdq_cleanup(dev);
 err_wq:
 	destroy_workqueue(dev->wq);
-err_clear_master:
-	pci_clear_master(pdev);
 err_unmap:
 	pci_iounmap(pdev, dev->regs);
 err_regions:
 	pci_release_regions(pdev);
 err_disable:
 	pci_disable_device(pdev);
-err_dealloc:
-	ib_dealloc_device(&dev->ibdev);
+err_free:
+	kfree(dev);
 	return err;
 }
 
@@ -383,9 +571,17 @@ static void odprnic_remove(struct pci_dev *pdev)
 {
 	struct odprnic_dev *dev = pci_get_drvdata(pdev);
 
+	/*
+	 * No recovery starts from here on; one under way finishes first (it
+	 * holds recovery_lock) and may have left no ib_device behind.
+	 */
+	WRITE_ONCE(dev->removing, true);
+	cancel_work_sync(&dev->recovery_work);
+	mutex_lock(&dev->recovery_lock);
 	/* a device already gone makes every command below fail fast */
 	odprnic_dev_dead(dev);
 	odprnic_unregister_ibdev(dev);
+	mutex_unlock(&dev->recovery_lock);
 	odprnic_netdev_cleanup(dev);
 	if (!READ_ONCE(dev->lost))
 		odprnic_reset(dev);
@@ -393,6 +589,8 @@ static void odprnic_remove(struct pci_dev *pdev)
 	odprnic_free_irqs(dev);
 	flush_workqueue(dev->wq);
 	destroy_workqueue(dev->wq);
+	/* a command that timed out during the teardown may have queued one */
+	cancel_work_sync(&dev->recovery_work);
 	odprnic_eq_cleanup(dev);
 	odprnic_cmdq_cleanup(dev);
 	pci_clear_master(pdev);
@@ -405,7 +603,7 @@ static void odprnic_remove(struct pci_dev *pdev)
 	xa_destroy(&dev->cqs);
 	xa_destroy(&dev->qps);
 	ida_destroy(&dev->db_ida);
-	ib_dealloc_device(&dev->ibdev);
+	kfree(dev);
 }
 
 static const struct pci_device_id odprnic_pci_ids[] = {

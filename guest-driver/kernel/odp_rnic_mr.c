@@ -127,7 +127,7 @@ static int odprnic_pinned_reg(struct odprnic_mr *mr)
 	struct ib_umem *umem;
 	int err;
 
-	umem = odprnic_umem_get(&dev->ibdev, mr->start, mr->length,
+	umem = odprnic_umem_get(mr->ibmr.device, mr->start, mr->length,
 				mr->access);
 	if (IS_ERR(umem))
 		return PTR_ERR(umem);
@@ -230,7 +230,7 @@ static bool odprnic_revocable_invalidate(struct mmu_interval_notifier *mni,
 	atomic64_inc(&mr->invalidations);
 	atomic64_inc(&dev->stats.revocations);
 	trace_odprnic_revoke(mr->key, range->event, range->start, range->end);
-	ibdev_info_ratelimited(&dev->ibdev,
+	ibdev_info_ratelimited(mr->ibmr.device,
 			       "MR key %#x revoked (event %d, range %#lx-%#lx)\n",
 			       mr->key, range->event, range->start,
 			       range->end);
@@ -341,7 +341,7 @@ static void odprnic_revocable_dereg(struct odprnic_mr *mr)
 
 int odprnic_mr_revoked_event(struct odprnic_dev *dev, u32 key)
 {
-	ibdev_dbg(&dev->ibdev, "device revoked MR key %#x\n", key);
+	dev_dbg(&dev->pdev->dev, "device revoked MR key %#x\n", key);
 	return 0;
 }
 
@@ -468,6 +468,7 @@ struct ib_mr *odprnic_reg_user_mr(struct ib_pd *pd, u64 start, u64 len,
 	mr->length = len;
 	mr->access = access;
 	mr->ibmr.pd = pd;
+	mr->ibmr.device = pd->device;
 	mutex_init(&mr->revoke_lock);
 	INIT_WORK(&mr->unpin_work, odprnic_unpin_work);
 	refcount_set(&mr->refs, 1);
@@ -500,7 +501,7 @@ struct ib_mr *odprnic_reg_user_mr(struct ib_pd *pd, u64 start, u64 len,
 		if (err)
 			goto err_erase;
 	}
-	ibdev_dbg(&dev->ibdev, "MR key %#x mode %u va %#llx len %#llx\n",
+	ibdev_dbg(mr->ibmr.device, "MR key %#x mode %u va %#llx len %#llx\n",
 		  mr->key, mode, start, len);
 	return &mr->ibmr;
 

@@ -83,7 +83,7 @@ int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
 	if (implicit)
 		odp = odprnic_imr_alloc(dev, mr);
 	else
-		odp = ib_umem_odp_get(&dev->ibdev, mr->start, mr->length,
+		odp = ib_umem_odp_get(mr->ibmr.device, mr->start, mr->length,
 				      mr->access, &odprnic_odp_mn_ops);
 	if (IS_ERR(odp))
 		return PTR_ERR(odp);

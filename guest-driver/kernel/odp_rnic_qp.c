@@ -579,7 +579,7 @@ void odprnic_qp_event(struct odprnic_dev *dev, u32 qpn,
 	xa_lock(&dev->qps);
 	qp = xa_load(&dev->qps, qpn);
 	if (qp && qp->ibqp.event_handler) {
-		ev.device = &dev->ibdev;
+		ev.device = qp->ibqp.device;
 		ev.element.qp = &qp->ibqp;
 		ev.event = type;
 		qp->ibqp.event_handler(&ev, qp->ibqp.qp_context);

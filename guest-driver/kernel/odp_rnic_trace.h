@@ -2,7 +2,7 @@
 /*
  * odp_rnic tracepoints: page faults and their resumes, invalidations from
  * doorbell to acknowledgment, revocations, implicit ODP children made and
- * freed, and timeouts. Everything else is dynamic debug.
+ * freed, timeouts, and recoveries. Everything else is dynamic debug.
  */
 #undef TRACE_SYSTEM
 #define TRACE_SYSTEM odp_rnic
@@ -130,6 +130,22 @@ TRACE_EVENT(odprnic_timeout,
 			   __entry->ms = ms;),
 	    TP_printk("%s id=%#x after %u ms", __entry->what, __entry->id,
 		      __entry->ms)
+);
+
+TRACE_EVENT(odprnic_recovery,
+	    TP_PROTO(const char *why, const char *stage, int err, s64 us),
+	    TP_ARGS(why, stage, err, us),
+	    TP_STRUCT__entry(__array(char, why, 64)
+			     __array(char, stage, 16)
+			     __field(int, err)
+			     __field(s64, us)),
+	    TP_fast_assign(strscpy(__entry->why, why, sizeof(__entry->why));
+			   strscpy(__entry->stage, stage,
+				   sizeof(__entry->stage));
+			   __entry->err = err;
+			   __entry->us = us;),
+	    TP_printk("%s after %lld us (err %d): %s", __entry->stage,
+		      __entry->us, __entry->err, __entry->why)
 );
 
 #endif /* ODP_RNIC_TRACE_H */

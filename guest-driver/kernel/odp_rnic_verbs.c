@@ -351,6 +351,8 @@ static const struct rdma_stat_desc odprnic_stat_descs[] = {
 	{ .name = "cq_errors" },
 	{ .name = "leaked_ahs" },
 	{ .name = "events" },
+	{ .name = "recoveries" },
+	{ .name = "recovery_failures" },
 };
 
 static const size_t odprnic_stat_offsets[] = {
@@ -364,6 +366,8 @@ static const size_t odprnic_stat_offsets[] = {
 	offsetof(struct odprnic_stats, cq_errors),
 	offsetof(struct odprnic_stats, leaked_ahs),
 	offsetof(struct odprnic_stats, events),
+	offsetof(struct odprnic_stats, recoveries),
+	offsetof(struct odprnic_stats, recovery_failures),
 };
 
 static_assert(ARRAY_SIZE(odprnic_stat_descs) ==
@@ -445,10 +449,21 @@ static const struct ib_device_ops odprnic_dev_ops = {
 	INIT_RDMA_OBJ_SIZE(ib_qp, odprnic_qp, ibqp),
 };
 
+/*
+ * Allocate and register an ib_device for @dev: at probe, and after each
+ * recovery (an ib_device that was unregistered cannot be registered again).
+ */
 int odprnic_register_ibdev(struct odprnic_dev *dev)
 {
-	struct ib_device *ibdev = &dev->ibdev;
+	struct odprnic_ib *oib;
+	struct ib_device *ibdev;
 	int err;
+
+	oib = ib_alloc_device(odprnic_ib, ibdev);
+	if (!oib)
+		return -ENOMEM;
+	oib->dev = dev;
+	ibdev = &oib->ibdev;
 
 	ibdev->node_type = RDMA_NODE_IB_CA;
 	ibdev->phys_port_cnt = 1;
@@ -463,24 +478,38 @@ int odprnic_register_ibdev(struct odprnic_dev *dev)
 
 	err = ib_device_set_netdev(ibdev, dev->netdev, 1);
 	if (err)
-		return err;
+		goto err_dealloc;
 	err = ib_register_device(ibdev, "odprnic%d", &dev->pdev->dev);
 	if (err) {
 		dev_err(&dev->pdev->dev, "ib_register_device: %d\n", err);
-		return err;
+		goto err_dealloc;
 	}
-	dev->ib_registered = true;
+	dev->ibdev = ibdev;
 	ibdev_info(ibdev, "registered on %s, ODP %s, data path %s\n",
 		   netdev_name(dev->netdev),
 		   dev->caps & ODPRNIC_CAP_ODP ? "on" : "off",
 		   dev->datapath ? "on" : "off");
 	return 0;
+
+err_dealloc:
+	ib_dealloc_device(ibdev);
+	return err;
 }
 
+/*
+ * Unregister and free @dev's ib_device. The core disassociates every user
+ * context first (odprnic_disassociate_ucontext: their mappings are zapped,
+ * their processes get IBV_EVENT_DEVICE_FATAL and EIO from later verbs) and
+ * destroys every object through the driver's destroy verbs, so on return
+ * nothing of the ib_device is left on the device.
+ */
 void odprnic_unregister_ibdev(struct odprnic_dev *dev)
 {
-	if (!dev->ib_registered)
+	struct ib_device *ibdev = dev->ibdev;
+
+	if (!ibdev)
 		return;
-	ib_unregister_device(&dev->ibdev);
-	dev->ib_registered = false;
+	ib_unregister_device(ibdev);
+	dev->ibdev = NULL;
+	ib_dealloc_device(ibdev);
 }
