@@ -61,6 +61,7 @@ struct odprnic_cmd_slot {
 	u16 index;
 	bool busy;
 	bool abandoned;		/* timed out; freed when the device answers */
+	bool aborted;		/* woken by a fence: no answer will come */
 	u32 used_len;
 };
 
@@ -386,6 +387,7 @@ void odprnic_vq_free(struct odprnic_dev *dev, struct odprnic_vq *vq);
 int odprnic_cmdq_init(struct odprnic_dev *dev);
 void odprnic_vq_restart(struct odprnic_vq *vq);
 void odprnic_cmdq_restart(struct odprnic_dev *dev);
+void odprnic_cmdq_abort(struct odprnic_dev *dev);
 void odprnic_cmdq_cleanup(struct odprnic_dev *dev);
 irqreturn_t odprnic_cmdq_irq(int irq, void *data);
 struct odprnic_cmd_slot *odprnic_cmd_get(struct odprnic_dev *dev);

@@ -152,9 +152,36 @@ void odprnic_cmdq_restart(struct odprnic_dev *dev)
 	for (i = 0; i < q->nslots; i++) {
 		q->slots[i].busy = false;
 		q->slots[i].abandoned = false;
+		q->slots[i].aborted = false;
 	}
 	spin_unlock_irqrestore(&q->lock, flags);
 	sema_init(&q->free_slots, q->nslots);
+}
+
+/*
+ * The device was fenced or lost: it completes no command before it is
+ * reset, so wake every waiter now (-ENODEV) instead of after
+ * cmd_timeout_ms. This is what lets recovery unregister the ib_device
+ * without waiting for the verbs that were in flight to time out.
+ */
+void odprnic_cmdq_abort(struct odprnic_dev *dev)
+{
+	struct odprnic_cmdq *q = &dev->cmdq;
+	unsigned long flags;
+	unsigned int i;
+
+	if (!q->slots)
+		return;
+	spin_lock_irqsave(&q->lock, flags);
+	for (i = 0; i < q->nslots; i++) {
+		struct odprnic_cmd_slot *s = &q->slots[i];
+
+		if (s->busy && !s->abandoned && !completion_done(&s->done)) {
+			s->aborted = true;
+			complete(&s->done);
+		}
+	}
+	spin_unlock_irqrestore(&q->lock, flags);
 }
 
 /* Consume the used ring. Caller holds q->lock. */
@@ -337,9 +364,15 @@ static int __odprnic_cmd_exec(struct odprnic_dev *dev,
 	s->cmd->opcode = cpu_to_le16(opcode);
 	s->cmd->flags = 0;
 	memset(s->resp, 0, sizeof(*s->resp));
-	reinit_completion(&s->done);
 
 	spin_lock_irqsave(&q->lock, flags);
+	/* a fence sets fenced before it aborts under q->lock: see it here */
+	if (odprnic_dev_gone(dev)) {
+		spin_unlock_irqrestore(&q->lock, flags);
+		return -ENODEV;
+	}
+	reinit_completion(&s->done);
+	s->aborted = false;
 	cookie = ++q->next_cookie;
 	s->cmd->cookie = cpu_to_le32(cookie);
 	if (data_len) {
@@ -387,6 +420,8 @@ static int __odprnic_cmd_exec(struct odprnic_dev *dev,
 			return -ETIMEDOUT;
 		}
 	}
+	if (READ_ONCE(s->aborted))
+		return -ENODEV;
 	dma_rmb();
 	if (s->used_len < ODPRNIC_RESP_SIZE ||
 	    le32_to_cpu(s->resp->cookie) != cookie) {

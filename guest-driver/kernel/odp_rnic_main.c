@@ -78,6 +78,7 @@ bool odprnic_dev_dead(struct odprnic_dev *dev)
 		if (!xchg(&dev->lost, true)) {
 			dev_err(&dev->pdev->dev,
 				"device lost (registers read all-ones)\n");
+			odprnic_cmdq_abort(dev);
 			odprnic_schedule_recovery(dev, "the device was lost");
 		}
 		return true;
@@ -96,6 +97,7 @@ static void __odprnic_fence(struct odprnic_dev *dev, const char *why)
 		return;
 	pci_clear_master(dev->pdev);
 	WRITE_ONCE(dev->fenced, true);
+	odprnic_cmdq_abort(dev);
 	dev_err(&dev->pdev->dev,
 		"fenced: bus mastering cleared because %s; the device does no DMA until %s\n",
 		why, READ_ONCE(odprnic_recovery) ? "it is reset" :

@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0 OR MIT
+"""Device recovery without a module reload (docs/driver.md, "Recovery").
+
+For each way a device can fail under a running application, the driver must
+take the ib_device down, tell the application, reset the device and bring a
+new ib_device up by itself:
+
+  device_error  the fault plan raises STATUS_FATAL at the next command; the
+                device posts EVENT_DEVICE_ERROR
+  reset         the device resets itself at the next command and forgets
+                it; the driver notices when the command times out
+
+In each scenario an application holds a context with a PD, a pinned MR, an
+ODP MR, a CQ and a connected RC pair (queues and doorbells mapped into the
+process), and an RDMA CM listener (rping -s) is up. Then:
+
+  1 the verb that hit the failure returns within cmd_timeout_ms plus slack
+  2 the context gets IBV_EVENT_DEVICE_FATAL; a later verb fails with EIO
+  3 a new ib_device of odp_rnic appears: recoveries +1, dmesg names the
+    reason and the time the recovery took; the RDMA CM listener was told
+    (rping exits)
+  4 on the new ib_device an RC RDMA WRITE and an injected remote write
+    into an ODP MR land byte-exact; the oracle stays clean
+  5 the old objects close without hanging; dmesg has no warning or oops
+
+Then with recovery=0 the ib_device goes away and stays away, and a module
+reload brings the device back; and a device that needs more than five
+recoveries a minute is left down (recovery_failures +1) until a reload.
+
+Output is TAP.
+"""
+
+import ctypes
+import errno
+import mmap
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pyverbs.enums as e
+from odprnic_ctl import Control
+from odprnic_verbs import netup, rc_connect
+from pyverbs.cq import CQ
+from pyverbs.device import Context
+from pyverbs.mr import MR
+from pyverbs.pd import PD
+from pyverbs.qp import QP, QPCap, QPInitAttr
+from pyverbs.wr import SGE, SendWR
+
+PARAMS = "/sys/module/odp_rnic/parameters"
+MODULE = f"/opt/odp-rnic/modules/{os.uname().release}/odp_rnic.ko"
+CMD_TIMEOUT_MS = 1000
+ACCESS = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE |
+          e.IBV_ACCESS_REMOTE_READ)
+BAD_DMESG = ("WARNING:", "BUG:", "Call Trace", "hung_task", "INFO: task")
+
+n = 0
+failed = 0
+
+
+def tap(ok, desc, detail=""):
+    global n, failed
+    n += 1
+    if not ok:
+        failed += 1
+    print(f"{'ok' if ok else 'not ok'} {n} - {desc}" + (f": {detail}" if detail else ""),
+          flush=True)
+
+
+def ibdev():
+    try:
+        names = sorted(os.listdir("/sys/class/infiniband"))
+    except FileNotFoundError:
+        return None
+    for d in names:
+        drv = os.path.realpath(f"/sys/class/infiniband/{d}/device/driver")
+        if os.path.basename(drv) == "odp_rnic":
+            return d
+    return None
+
+
+def counter(dev, name):
+    """The driver's counter, -1 while the ib_device is going away."""
+    try:
+        with open(f"/sys/class/infiniband/{dev}/ports/1/hw_counters/{name}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return -1
+
+
+def param(name, value=None):
+    path = f"{PARAMS}/{name}"
+    if value is not None:
+        with open(path, "w") as f:
+            f.write(str(value))
+    with open(path) as f:
+        return f.read().strip()
+
+
+def dmesg():
+    return subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+
+
+def bounded(fn, timeout):
+    """(returned, result or exception) of fn() run for at most timeout s."""
+    box = {}
+
+    def target():
+        try:
+            box["r"] = fn()
+        except Exception as x:  # handed to the caller
+            box["r"] = x
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive(), box.get("r")
+
+
+def wait_for(pred, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    return None
+
+
+class App:
+    """What a running application holds on the device."""
+
+    def __init__(self, dev, odp):
+        self.ctx = Context(name=dev)
+        self.pd = PD(self.ctx)
+        self.cq = CQ(self.ctx, 16)
+        cap = QPCap(max_send_wr=8, max_recv_wr=8, max_send_sge=1, max_recv_sge=1)
+        self.qps = [QP(self.pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq,
+                                           rcq=self.cq, cap=cap)) for _ in range(2)]
+        gid = self.ctx.query_gid(port_num=1, index=0)
+        for me, peer in ((self.qps[0], self.qps[1]), (self.qps[1], self.qps[0])):
+            rc_connect(me, peer.qp_num, gid, access=ACCESS)
+        self.src = MR(self.pd, 4096, e.IBV_ACCESS_LOCAL_WRITE)
+        self.dst = MR(self.pd, 64 * 1024, ACCESS)
+        self.odp_buf = mmap.mmap(-1, 64 * 1024, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.odp_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.odp_buf))
+        self.odp = MR(self.pd, 64 * 1024, ACCESS | e.IBV_ACCESS_ON_DEMAND,
+                      address=self.odp_addr) if odp else None
+
+    def rdma_write(self, data, timeout=30):
+        """RDMA WRITE qps[0] -> qps[1] into dst; True when it completed
+        successfully and the bytes are in dst."""
+        self.src.write(data, len(data))
+        wr = SendWR(wr_id=1, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
+                    sg=[SGE(self.src.buf, len(data), self.src.lkey)],
+                    send_flags=e.IBV_SEND_SIGNALED)
+        wr.set_wr_rdma(self.dst.rkey, self.dst.buf)
+        self.qps[0].post_send(wr)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            k, wcs = self.cq.poll(num_entries=1)
+            if k:
+                return wcs[0].status == e.IBV_WC_SUCCESS and \
+                    self.dst.read(len(data), 0) == data, f"status {wcs[0].status}"
+            time.sleep(0.001)
+        return False, "no completion"
+
+    def inject(self, ctl, data):
+        if not self.odp:
+            return True, "left out (ODP off)"
+        r = ctl.request({"op": "write", "rkey": self.odp.rkey, "va": self.odp_addr,
+                         "data_hex": data.hex(), "timeout_ms": 5000})
+        return r.get("status") == "success" and self.odp_buf[:len(data)] == data, \
+            r.get("status")
+
+    def async_event(self, timeout):
+        ok, kind = bounded(lambda: _event(self.ctx), timeout)
+        return kind if ok else None
+
+    def close(self):
+        def close_all():
+            for o in self.qps + [self.cq, self.src, self.dst, self.odp, self.pd, self.ctx]:
+                if o is None:
+                    continue
+                try:
+                    o.close()
+                except Exception as x:  # a disassociated context refuses; freed anyway
+                    print(f"# close {type(o).__name__}: {x}")
+            self.odp_buf.close()
+        return bounded(close_all, 30)[0]
+
+
+def _event(ctx):
+    ev = ctx.get_async_event()
+    kind = ev.event_type
+    ev.ack()
+    return kind
+
+
+def rping_server(ip):
+    return subprocess.Popen(["rping", "-s", "-a", ip, "-C", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def scenario(ctl, kind, ip, odp):
+    dev = wait_for(ibdev, 20)
+    if not dev:
+        tap(False, f"{kind}: an odp_rnic ib_device is there")
+        return False
+    param("cmd_timeout_ms", CMD_TIMEOUT_MS)
+    log0 = len(dmesg())
+    rec0 = counter(dev, "recoveries")
+    viol0 = ctl.request({"op": "violations"}).get("count", 0)
+    app = App(dev, odp)
+    ok, how = app.rdma_write(os.urandom(2048))
+    ok2, how2 = app.inject(ctl, os.urandom(4096))
+    rping = rping_server(ip)
+    time.sleep(0.5)
+    tap(ok and ok2 and rping.poll() is None,
+        f"{kind}: the application's RC pair and ODP MR work, rping listens",
+        f"write {how}, injected {how2}, rping {'up' if rping.poll() is None else 'exited'}")
+
+    ctl.request({"op": "fault_plan", "set": {"kind": kind, "count": 1}})
+    t = time.monotonic()
+    done, r = bounded(lambda: PD(app.ctx), CMD_TIMEOUT_MS / 1000 + 10)
+    took = time.monotonic() - t
+    ctl.request({"op": "fault_plan", "clear": True})
+    tap(done and isinstance(r, Exception),
+        f"{kind}: the verb that hit the failure fails within {CMD_TIMEOUT_MS} ms plus slack",
+        f"{took:.2f} s, {r!r}"[:300])
+
+    ev = app.async_event(30)
+    done, r = bounded(lambda: PD(app.ctx), 10)
+    eio = done and isinstance(r, Exception) and getattr(r, "error_code", None) == errno.EIO
+    tap(ev == e.IBV_EVENT_DEVICE_FATAL and eio,
+        f"{kind}: the context gets IBV_EVENT_DEVICE_FATAL, later verbs EIO",
+        f"event {ev} (DEVICE_FATAL {e.IBV_EVENT_DEVICE_FATAL}), then {r!r}"[:300])
+
+    new = wait_for(lambda: (d := ibdev()) and counter(d, "recoveries") > rec0 and d, 30)
+    log = dmesg()[log0:]
+    said = [l.split("] ", 1)[-1] for l in log.splitlines() if "recover" in l]
+    rping_gone = wait_for(lambda: rping.poll() is not None, 15)
+    if not rping_gone:
+        rping.kill()
+    tap(bool(new) and any("recovered in" in l for l in said) and bool(rping_gone),
+        f"{kind}: a new ib_device comes up by itself, dmesg says why, RDMA CM was told",
+        f"{new}, recoveries {rec0} -> {counter(new, 'recoveries') if new else '?'}, "
+        f"rping {'exited ' + str(rping.returncode) if rping_gone else 'still listening'}; "
+        + " | ".join(said)[:400])
+    if not new:
+        app.close()
+        return False
+
+    fresh = App(new, odp)
+    data = os.urandom(3000)
+    ok, how = fresh.rdma_write(data)
+    ok2, how2 = fresh.inject(ctl, os.urandom(4096))
+    viol = ctl.request({"op": "violations"}).get("count", 0)
+    tap(ok and ok2 and viol == viol0,
+        f"{kind}: on the new ib_device an RDMA WRITE and an ODP remote write land byte-exact",
+        f"write {how}, injected {how2}, violations {viol0} -> {viol}")
+    closed = fresh.close() and app.close()
+    bad = [l for l in dmesg()[log0:].splitlines() if any(b in l for b in BAD_DMESG)]
+    tap(closed and not bad, f"{kind}: the old and new objects close; dmesg has no warning",
+        "; ".join(bad)[:300] if bad else ("" if closed else "a close hung"))
+    return True
+
+
+def reload():
+    rm = subprocess.run(["rmmod", "odp_rnic"], capture_output=True, text=True)
+    ins = subprocess.run(["insmod", MODULE], capture_output=True, text=True)
+    dev = wait_for(ibdev, 20)
+    return rm.returncode == 0 and ins.returncode == 0 and dev is not None, \
+        f"rmmod {rm.returncode} {rm.stderr.strip()}, insmod {ins.returncode} " \
+        f"{ins.stderr.strip()}, {dev}"
+
+
+def trigger(ctl, dev):
+    """Raise a device error under a context of dev; the context's verb result."""
+    ctx = Context(name=dev)
+    ctl.request({"op": "fault_plan", "set": {"kind": "device_error", "count": 1}})
+    done, r = bounded(lambda: PD(ctx), CMD_TIMEOUT_MS / 1000 + 10)
+    ctl.request({"op": "fault_plan", "clear": True})
+    bounded(ctx.close, 10)
+    return done
+
+
+def stays_down(ctl):
+    """recovery=0: the ib_device goes and stays gone; a reload brings it back."""
+    dev = wait_for(ibdev, 20)
+    param("cmd_timeout_ms", CMD_TIMEOUT_MS)
+    param("recovery", 0)
+    done = trigger(ctl, dev)
+    gone = wait_for(lambda: ibdev() is None, 15)
+    time.sleep(3)
+    still = ibdev() is None
+    ok, detail = reload()
+    tap(done and bool(gone) and still and ok,
+        "recovery=0: the ib_device goes away and stays away; a reload brings it back",
+        f"gone {bool(gone)}, still gone after 3 s {still}, {detail}")
+
+
+def burst(ctl):
+    """Six device errors within a minute: the sixth recovery gives up."""
+    param("cmd_timeout_ms", CMD_TIMEOUT_MS)
+    t = time.monotonic()
+    seen = []
+    for i in range(6):
+        dev = wait_for(ibdev, 20)
+        if not dev:
+            break
+        seen.append(dev)
+        if not trigger(ctl, dev):
+            break
+        if i < 5:
+            wait_for(lambda: (d := ibdev()) and counter(d, "recoveries") >= i + 1, 20)
+    gone = wait_for(lambda: ibdev() is None, 15)
+    log = dmesg()
+    said = "more than 5 recoveries within 60 s" in log
+    ok, detail = reload()
+    tap(len(seen) == 6 and bool(gone) and said and ok,
+        "six device errors within a minute: five recoveries, then the device stays down until a reload",
+        f"{len(seen)} triggers in {time.monotonic() - t:.1f} s, down {bool(gone)}, "
+        f"dmesg says so {said}, {detail}")
+
+
+def main():
+    ctl = Control.open()
+    try:
+        _, _, ip = netup()
+    except RuntimeError as x:
+        print(f"not ok 1 - the device's netdev is up: {x}")
+        return 1
+    odp = bool(ctl.version().get("odp"))
+    if not odp:
+        print("# the device's ODP is off: the ODP MR is left out")
+    for kind in ("device_error", "reset"):
+        if not scenario(ctl, kind, ip, odp):
+            break
+        netup()
+    stays_down(ctl)
+    burst(ctl)
+    netup()
+    print(f"1..{n}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
