@@ -33,6 +33,7 @@ extern unsigned int odprnic_inv_timeout_ms;
 extern char *odprnic_default_mr_mode;
 extern bool odprnic_force_datapath;
 extern bool odprnic_recovery;
+extern unsigned int odprnic_health_ms;
 
 /* A split virtqueue in one DMA-coherent block ("Queues"). */
 struct odprnic_vq {
@@ -173,6 +174,7 @@ struct odprnic_dev {
 	 * remove(); removing stops it from starting again.
 	 */
 	struct work_struct recovery_work;
+	struct delayed_work health_work;	/* STATUS every health_ms */
 	struct mutex recovery_lock;	/* ibdev, the restart */
 	spinlock_t recovery_why_lock;	/* recovery_why */
 	char recovery_why[64];

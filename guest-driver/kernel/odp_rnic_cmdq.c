@@ -346,6 +346,35 @@ static bool odprnic_cmd_poll(struct odprnic_dev *dev,
 	}
 }
 
+/*
+ * Wait for @s at most cmd_timeout_ms, looking every ODPRNIC_CMD_SLICE_MS
+ * whether the device is still there: a device that vanished (all-ones)
+ * answers nothing, and its waiters should learn so at once. True when
+ * the slot completed (or was aborted).
+ */
+#define ODPRNIC_CMD_SLICE_MS	100
+
+static bool odprnic_cmd_wait(struct odprnic_dev *dev,
+			     struct odprnic_cmd_slot *s)
+{
+	unsigned long deadline = jiffies +
+				 msecs_to_jiffies(odprnic_cmd_timeout_ms);
+
+	for (;;) {
+		long left = (long)(deadline - jiffies);
+
+		if (left <= 0)
+			return completion_done(&s->done);
+		if (wait_for_completion_timeout(&s->done,
+						min_t(long, left,
+						      msecs_to_jiffies(ODPRNIC_CMD_SLICE_MS))))
+			return true;
+		/* on loss this aborts every waiter, @s included */
+		if (odprnic_dev_dead(dev))
+			return true;
+	}
+}
+
 static int __odprnic_cmd_exec(struct odprnic_dev *dev,
 			      struct odprnic_cmd_slot *s, u16 opcode,
 			      u32 data_len, bool atomic)
@@ -390,9 +419,7 @@ static int __odprnic_cmd_exec(struct odprnic_dev *dev,
 
 	odprnic_write32(dev, ODPRNIC_REG_CMDQ_NOTIFY, 1);
 
-	if (atomic ? !odprnic_cmd_poll(dev, s) :
-	    !wait_for_completion_timeout(&s->done,
-					 msecs_to_jiffies(odprnic_cmd_timeout_ms))) {
+	if (atomic ? !odprnic_cmd_poll(dev, s) : !odprnic_cmd_wait(dev, s)) {
 		bool late;
 
 		/* the interrupt may be what got lost: look once more */

@@ -41,6 +41,11 @@ module_param_named(recovery, odprnic_recovery, bool, 0644);
 MODULE_PARM_DESC(recovery,
 		 "After a fence, a device error or a command timeout, reset the device and register a new ib_device (0: stay down until the driver is reloaded)");
 
+unsigned int odprnic_health_ms = 1000;
+module_param_named(health_ms, odprnic_health_ms, uint, 0644);
+MODULE_PARM_DESC(health_ms,
+		 "Period of the device health check (ms): a device that vanished, stopped with STATUS_FATAL or reset itself is recovered even when no command notices (0: off)");
+
 #define ODPRNIC_READY_TIMEOUT_MS	1000
 
 /* a device that needs more recoveries than this per window is left down */
@@ -134,6 +139,38 @@ void odprnic_schedule_recovery(struct odprnic_dev *dev, const char *why)
 	/* not dev->wq: unregistering flushes it (unpin work, event work) */
 	if (queue)
 		queue_work(system_long_wq, &dev->recovery_work);
+}
+
+/*
+ * The health check: what no command or event may tell. An application
+ * that only polls its CQs from user space issues no command, and a
+ * device that stops with FATAL_EVENT_OVERFLOW or FATAL_RING posts no
+ * event; a device that reset itself forgot its queues and says nothing.
+ */
+static void odprnic_health_work(struct work_struct *work)
+{
+	struct odprnic_dev *dev = container_of(to_delayed_work(work),
+					       struct odprnic_dev, health_work);
+	unsigned int period = READ_ONCE(odprnic_health_ms);
+	u32 st;
+
+	if (period && !odprnic_dev_gone(dev) && !READ_ONCE(dev->recovering)) {
+		st = odprnic_read32(dev, ODPRNIC_REG_STATUS);
+		if (st == 0xffffffff) {
+			odprnic_dev_dead(dev);
+		} else if (st & ODPRNIC_STATUS_FATAL) {
+			dev_err(&dev->pdev->dev, "health: device fatal, code %u\n",
+				odprnic_read32(dev, ODPRNIC_REG_FATAL_CODE));
+			odprnic_schedule_recovery(dev, "the device stopped (STATUS_FATAL)");
+		} else if (!(st & ODPRNIC_STATUS_READY)) {
+			dev_err(&dev->pdev->dev, "health: device no longer ready (status %#x)\n",
+				st);
+			odprnic_schedule_recovery(dev, "the device reset itself");
+		}
+	}
+	if (!READ_ONCE(dev->removing))
+		queue_delayed_work(system_wq, &dev->health_work,
+				   msecs_to_jiffies(period ?: 1000));
 }
 
 static int odprnic_wait_status(struct odprnic_dev *dev, u32 mask, u32 want)
@@ -483,6 +520,7 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	xa_init(&dev->qps);
 	ida_init(&dev->db_ida);
 	INIT_WORK(&dev->recovery_work, odprnic_recovery_work);
+	INIT_DELAYED_WORK(&dev->health_work, odprnic_health_work);
 	mutex_init(&dev->recovery_lock);
 	spin_lock_init(&dev->recovery_why_lock);
 
@@ -539,6 +577,8 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_unlock(&dev->recovery_lock);
 	if (err)
 		goto err_netdev;
+	queue_delayed_work(system_wq, &dev->health_work,
+			   msecs_to_jiffies(odprnic_health_ms ?: 1000));
 	return 0;
 
 err_netdev:
@@ -578,6 +618,7 @@ static void odprnic_remove(struct pci_dev *pdev)
 	 * holds recovery_lock) and may have left no ib_device behind.
 	 */
 	WRITE_ONCE(dev->removing, true);
+	cancel_delayed_work_sync(&dev->health_work);
 	cancel_work_sync(&dev->recovery_work);
 	mutex_lock(&dev->recovery_lock);
 	/* a device already gone makes every command below fail fast */

@@ -1,0 +1,202 @@
+# SPDX-License-Identifier: Apache-2.0 OR MIT
+"""A running application on the device, for the tests that take the device
+away under it (faults/recovery.py, driver/live-remove.py,
+removal/surprise.py).
+
+    App(ibdev, odp)      a context with a PD, a pinned source and destination
+                         MR, an ODP MR on anonymous memory (odp=True), a CQ
+                         and two RC QPs connected to each other over GID 0
+                         (queues and doorbells mapped into the process)
+    app.rdma_write(data) -> (ok, detail): an RDMA WRITE lands byte-exact
+    app.inject(ctl, data) -> (ok, detail): a remote write from the device's
+                         wire injector into the ODP MR lands byte-exact
+    app.async_event(t)   the context's next IBV_EVENT_*, None within t s
+    app.close()          closes everything; False if that hung
+    ibdev()              the ib_device odp_rnic drives now, or None
+    counter(ibdev, name) a hw_counter of the driver, -1 while it goes away
+    param(name[, value]) an odp_rnic module parameter
+    bounded(fn, t)       (returned, result or exception) of fn() within t s
+    wait_for(pred, t)    pred()'s first true value within t s, or None
+    rping_server(ip)     an RDMA CM listener (rping -s)
+    dmesg(), BAD_DMESG   the kernel log and what must not be in it
+    Tap                  numbered TAP lines
+"""
+
+import ctypes
+import mmap
+import os
+import subprocess
+import threading
+import time
+
+import pyverbs.enums as e
+from odprnic_verbs import rc_connect
+from pyverbs.cq import CQ
+from pyverbs.device import Context
+from pyverbs.mr import MR
+from pyverbs.pd import PD
+from pyverbs.qp import QP, QPCap, QPInitAttr
+from pyverbs.wr import SGE, SendWR
+
+PARAMS = "/sys/module/odp_rnic/parameters"
+MODULE = f"/opt/odp-rnic/modules/{os.uname().release}/odp_rnic.ko"
+ACCESS = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE |
+          e.IBV_ACCESS_REMOTE_READ)
+BAD_DMESG = ("WARNING:", "BUG:", "Call Trace", "hung_task", "INFO: task")
+
+
+class Tap:
+    """TAP lines numbered from 1; finish() prints the plan."""
+
+    def __init__(self):
+        self.n = 0
+        self.failed = 0
+
+    def __call__(self, ok, desc, detail=""):
+        self.n += 1
+        if not ok:
+            self.failed += 1
+        print(f"{'ok' if ok else 'not ok'} {self.n} - {desc}" +
+              (f": {detail}" if detail else ""), flush=True)
+        return ok
+
+    def finish(self):
+        print(f"1..{self.n}")
+        return 1 if self.failed else 0
+
+
+def ibdev():
+    try:
+        names = sorted(os.listdir("/sys/class/infiniband"))
+    except FileNotFoundError:
+        return None
+    for d in names:
+        drv = os.path.realpath(f"/sys/class/infiniband/{d}/device/driver")
+        if os.path.basename(drv) == "odp_rnic":
+            return d
+    return None
+
+
+def counter(dev, name):
+    """The driver's counter, -1 while the ib_device is going away."""
+    try:
+        with open(f"/sys/class/infiniband/{dev}/ports/1/hw_counters/{name}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return -1
+
+
+def param(name, value=None):
+    path = f"{PARAMS}/{name}"
+    if value is not None:
+        with open(path, "w") as f:
+            f.write(str(value))
+    with open(path) as f:
+        return f.read().strip()
+
+
+def dmesg():
+    return subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+
+
+def bounded(fn, timeout):
+    """(returned, result or exception) of fn() run for at most timeout s."""
+    box = {}
+
+    def target():
+        try:
+            box["r"] = fn()
+        except Exception as x:  # handed to the caller
+            box["r"] = x
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive(), box.get("r")
+
+
+def wait_for(pred, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    return None
+
+
+class App:
+    """What a running application holds on the device."""
+
+    def __init__(self, dev, odp):
+        self.ctx = Context(name=dev)
+        self.pd = PD(self.ctx)
+        self.cq = CQ(self.ctx, 16)
+        cap = QPCap(max_send_wr=8, max_recv_wr=8, max_send_sge=1, max_recv_sge=1)
+        self.qps = [QP(self.pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq,
+                                           rcq=self.cq, cap=cap)) for _ in range(2)]
+        gid = self.ctx.query_gid(port_num=1, index=0)
+        for me, peer in ((self.qps[0], self.qps[1]), (self.qps[1], self.qps[0])):
+            rc_connect(me, peer.qp_num, gid, access=ACCESS)
+        self.src = MR(self.pd, 4096, e.IBV_ACCESS_LOCAL_WRITE)
+        self.dst = MR(self.pd, 64 * 1024, ACCESS)
+        self.odp_buf = mmap.mmap(-1, 64 * 1024, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.odp_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.odp_buf))
+        self.odp = MR(self.pd, 64 * 1024, ACCESS | e.IBV_ACCESS_ON_DEMAND,
+                      address=self.odp_addr) if odp else None
+
+    def rdma_write(self, data, timeout=30):
+        """RDMA WRITE qps[0] -> qps[1] into dst; True when it completed
+        successfully and the bytes are in dst."""
+        self.src.write(data, len(data))
+        wr = SendWR(wr_id=1, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
+                    sg=[SGE(self.src.buf, len(data), self.src.lkey)],
+                    send_flags=e.IBV_SEND_SIGNALED)
+        wr.set_wr_rdma(self.dst.rkey, self.dst.buf)
+        self.qps[0].post_send(wr)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            k, wcs = self.cq.poll(num_entries=1)
+            if k:
+                return wcs[0].status == e.IBV_WC_SUCCESS and \
+                    self.dst.read(len(data), 0) == data, f"status {wcs[0].status}"
+            time.sleep(0.001)
+        return False, "no completion"
+
+    def inject(self, ctl, data):
+        if not self.odp:
+            return True, "left out (ODP off)"
+        r = ctl.request({"op": "write", "rkey": self.odp.rkey, "va": self.odp_addr,
+                         "data_hex": data.hex(), "timeout_ms": 5000})
+        return r.get("status") == "success" and self.odp_buf[:len(data)] == data, \
+            r.get("status")
+
+    def async_event(self, timeout):
+        ok, kind = bounded(lambda: _event(self.ctx), timeout)
+        return kind if ok else None
+
+    def close(self):
+        def close_all():
+            for o in self.qps + [self.cq, self.src, self.dst, self.odp, self.pd, self.ctx]:
+                if o is None:
+                    continue
+                try:
+                    o.close()
+                except Exception as x:  # a disassociated context refuses; freed anyway
+                    print(f"# close {type(o).__name__}: {x}")
+            self.odp_buf.close()
+        return bounded(close_all, 30)[0]
+
+
+def _event(ctx):
+    ev = ctx.get_async_event()
+    kind = ev.event_type
+    ev.ack()
+    return kind
+
+
+def rping_server(ip):
+    return subprocess.Popen(["rping", "-s", "-a", ip, "-C", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
