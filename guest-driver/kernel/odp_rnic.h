@@ -34,6 +34,7 @@ extern char *odprnic_default_mr_mode;
 extern bool odprnic_force_datapath;
 extern bool odprnic_recovery;
 extern unsigned int odprnic_health_ms;
+extern bool odprnic_two_pass;
 
 /* A split virtqueue in one DMA-coherent block ("Queues"). */
 struct odprnic_vq {
@@ -416,6 +417,10 @@ void odprnic_eq_restart(struct odprnic_dev *dev);
 void odprnic_eq_cleanup(struct odprnic_dev *dev);
 irqreturn_t odprnic_eq_irq(int irq, void *data);
 int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len);
+int odprnic_inv_submit(struct odprnic_dev *dev, u32 key, u64 iova, u64 len,
+		       u32 *seq);
+int odprnic_inv_wait(struct odprnic_dev *dev, u32 seq, u32 key, u64 iova,
+		     u64 len, ktime_t t0);
 
 /* odp_rnic_verbs.c */
 int odprnic_register_ibdev(struct odprnic_dev *dev);
@@ -471,6 +476,20 @@ int odprnic_fill_res_mr_entry(struct sk_buff *msg, struct ib_mr *ibmr);
 int odprnic_fill_stat_mr_entry(struct sk_buff *msg, struct ib_mr *ibmr);
 
 /* odp_rnic_odp.c */
+
+/* Between the two passes of an ODP notifier (odprnic_odp_zap_start()). */
+struct odprnic_zap {
+	struct odprnic_mni_finish base;
+	struct odprnic_mr *mr;
+	struct ib_umem_odp *odp;
+	unsigned long start;
+	unsigned long end;
+	u64 iova;
+	u32 seq;
+	ktime_t t0;
+	int had;		/* implicit children: pages mapped before */
+};
+
 int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr);
 int odprnic_odp_stop(struct odprnic_mr *mr);
 void odprnic_odp_dereg(struct odprnic_mr *mr);
@@ -478,6 +497,11 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 			    const struct odprnic_event *ev);
 void odprnic_odp_zap(struct odprnic_mr *mr, struct ib_umem_odp *odp,
 		     unsigned long start, unsigned long end);
+struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
+					  struct ib_umem_odp *odp,
+					  unsigned long start,
+					  unsigned long end);
+void odprnic_odp_zap_wait(struct odprnic_zap *z);
 void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
 			   __le64 *ptes);
 int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,

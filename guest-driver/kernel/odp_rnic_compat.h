@@ -10,6 +10,7 @@
 #ifndef ODP_RNIC_COMPAT_H
 #define ODP_RNIC_COMPAT_H
 
+#include <linux/llist.h>
 #include <linux/mmu_notifier.h>
 #include <rdma/ib_umem.h>
 #include <rdma/ib_umem_odp.h>
@@ -167,5 +168,33 @@ static inline void odprnic_compat_set_ops(struct ib_device *ibdev)
 	ib_set_device_ops(ibdev, &ops);
 #endif
 }
+
+/*
+ * 7.2 lets an mmu interval notifier work in two passes: invalidate_start
+ * for every notifier a range hits, then invalidate_finish for those that
+ * asked for one (Kbuild probes the member: ODPRNIC_HAVE_MNI_TWO_PASS).
+ * The driver writes both passes on every kernel, on the structure below
+ * where the kernel has none, and ODPRNIC_MNI_OPS() hands them to the
+ * kernels that call them; the others get .invalidate alone.
+ */
+#ifdef ODPRNIC_HAVE_MNI_TWO_PASS
+#define odprnic_mni_finish mmu_interval_notifier_finish
+#define ODPRNIC_MNI_OPS(one_pass, start, finish) {			\
+	.invalidate = one_pass,						\
+	.invalidate_start = start,					\
+	.invalidate_finish = finish,					\
+}
+#else
+struct odprnic_mni_finish {
+	struct llist_node link;
+	struct mmu_interval_notifier *notifier;
+};
+
+/* start and finish are named (and type-checked) but not used here */
+#define ODPRNIC_MNI_OPS(one_pass, start, finish) {			\
+	.invalidate = __builtin_choose_expr(0, finish,			\
+			__builtin_choose_expr(0, start, one_pass)),	\
+}
+#endif
 
 #endif /* ODP_RNIC_COMPAT_H */

@@ -224,36 +224,42 @@ static bool odprnic_inv_acked(struct odprnic_dev *dev, u32 seq, int *err)
 }
 
 /*
- * odprnic_invalidate - take [@iova, @iova + @len) of MR @key away from the
- * device and wait, at most inv_timeout_ms, until it confirms that it no
- * longer touches those pages. -ETIMEDOUT leaves the decision (kill the MR,
- * fence the device) to the caller; -ENODEV means the device is gone or
- * fenced, which also guarantees no further DMA.
+ * odprnic_inv_submit - ring the invalidation doorbell for [@iova, @iova +
+ * @len) of MR @key without waiting; *@seq is what odprnic_inv_wait()
+ * waits for. -ENODEV: the device is gone or fenced, which also guarantees
+ * no further DMA.
  */
-int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
+int odprnic_inv_submit(struct odprnic_dev *dev, u32 key, u64 iova, u64 len,
+		       u32 *seq)
 {
-	unsigned long deadline;
-	ktime_t t0;
-	int err = 0;
-	u32 seq;
-
 	if (odprnic_dev_gone(dev))
 		return -ENODEV;
 
 	spin_lock(&dev->inv_lock);
-	seq = ++dev->inv_seq;
+	*seq = ++dev->inv_seq;
 	odprnic_write32(dev, ODPRNIC_REG_INV_KEY, key);
 	odprnic_write64(dev, ODPRNIC_REG_INV_START, iova);
 	odprnic_write64(dev, ODPRNIC_REG_INV_LENGTH, len);
-	odprnic_write32(dev, ODPRNIC_REG_INV_SEQ, seq);
+	odprnic_write32(dev, ODPRNIC_REG_INV_SEQ, *seq);
 	spin_unlock(&dev->inv_lock);
 	atomic64_inc(&dev->stats.invalidations);
-	trace_odprnic_inv_start(key, iova, len, seq);
-	t0 = ktime_get();
+	trace_odprnic_inv_start(key, iova, len, *seq);
+	return 0;
+}
 
-	deadline = jiffies + msecs_to_jiffies(odprnic_inv_timeout_ms);
+/*
+ * odprnic_inv_wait - wait, at most inv_timeout_ms from @t0 (when it was
+ * submitted), until the device acknowledged invalidation @seq. -ETIMEDOUT
+ * leaves the decision (kill the MR, fence the device) to the caller.
+ */
+int odprnic_inv_wait(struct odprnic_dev *dev, u32 seq, u32 key, u64 iova,
+		     u64 len, ktime_t t0)
+{
+	ktime_t end = ktime_add_ms(t0, odprnic_inv_timeout_ms);
+	int err = 0;
+
 	for (;;) {
-		long left = (long)(deadline - jiffies);
+		s64 left = ktime_ms_delta(end, ktime_get());
 
 		if (odprnic_inv_acked(dev, seq, &err)) {
 			trace_odprnic_inv_ack(key, seq,
@@ -266,8 +272,8 @@ int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
 			break;
 		wait_event_timeout(dev->inv_wait,
 				   odprnic_inv_acked(dev, seq, &err),
-				   min_t(long, left,
-					 msecs_to_jiffies(ODPRNIC_INV_POLL_MS)));
+				   msecs_to_jiffies(min_t(s64, left,
+							  ODPRNIC_INV_POLL_MS)));
 	}
 	atomic64_inc(&dev->stats.inv_timeouts);
 	trace_odprnic_timeout("invalidation", seq, odprnic_inv_timeout_ms);
@@ -275,4 +281,23 @@ int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
 		"invalidation %u (key %#x iova %#llx len %#llx) not acknowledged within %u ms\n",
 		seq, key, iova, len, odprnic_inv_timeout_ms);
 	return -ETIMEDOUT;
+}
+
+/*
+ * odprnic_invalidate - take [@iova, @iova + @len) of MR @key away from the
+ * device and wait, at most inv_timeout_ms, until it confirms that it no
+ * longer touches those pages. -ETIMEDOUT leaves the decision (kill the MR,
+ * fence the device) to the caller; -ENODEV means the device is gone or
+ * fenced, which also guarantees no further DMA.
+ */
+int odprnic_invalidate(struct odprnic_dev *dev, u32 key, u64 iova, u64 len)
+{
+	ktime_t t0 = ktime_get();
+	u32 seq;
+	int err;
+
+	err = odprnic_inv_submit(dev, key, iova, len, &seq);
+	if (err)
+		return err;
+	return odprnic_inv_wait(dev, seq, key, iova, len, t0);
 }

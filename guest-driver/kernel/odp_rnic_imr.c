@@ -115,9 +115,57 @@ static bool odprnic_imr_child_invalidate(struct mmu_interval_notifier *mni,
 	return true;
 }
 
-static const struct mmu_interval_notifier_ops odprnic_imr_child_mn_ops = {
-	.invalidate = odprnic_imr_child_invalidate,
-};
+/* The same in two passes (see odprnic_odp_zap_start()). */
+static bool __maybe_unused
+odprnic_imr_child_invalidate_start(struct mmu_interval_notifier *mni,
+				   const struct mmu_notifier_range *range,
+				   unsigned long cur_seq,
+				   struct odprnic_mni_finish **finish)
+{
+	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
+					       notifier);
+	struct odprnic_imr_child *c = odp->private;
+	struct odprnic_zap *z;
+	int had;
+
+	if (!mmu_notifier_range_blockable(range))
+		return false;
+
+	mutex_lock(&odp->umem_mutex);
+	mmu_interval_set_seq(mni, cur_seq);
+	had = odp->npages;
+	z = odprnic_odp_zap_start(c ? c->mr : NULL, odp,
+				  max(ib_umem_start(odp), range->start),
+				  min(ib_umem_end(odp), range->end));
+	if (z) {
+		z->had = had;
+		*finish = &z->base;
+	} else if (c && had && !odp->npages) {
+		odprnic_imr_child_idle(c);
+	}
+	mutex_unlock(&odp->umem_mutex);
+	return true;
+}
+
+static void __maybe_unused
+odprnic_imr_child_invalidate_finish(struct odprnic_mni_finish *f)
+{
+	struct odprnic_zap *z = container_of(f, struct odprnic_zap, base);
+	struct odprnic_imr_child *c = z->odp->private;
+
+	odprnic_odp_zap_wait(z);
+	mutex_lock(&z->odp->umem_mutex);
+	ib_umem_odp_unmap_dma_pages(z->odp, z->start, z->end);
+	if (c && z->had && !z->odp->npages)
+		odprnic_imr_child_idle(c);
+	mutex_unlock(&z->odp->umem_mutex);
+	kfree(z);
+}
+
+static const struct mmu_interval_notifier_ops odprnic_imr_child_mn_ops =
+	ODPRNIC_MNI_OPS(odprnic_imr_child_invalidate,
+			odprnic_imr_child_invalidate_start,
+			odprnic_imr_child_invalidate_finish);
 
 /* The child covering @va, made if there is none; with a reference. */
 static struct odprnic_imr_child *

@@ -46,6 +46,11 @@ module_param_named(health_ms, odprnic_health_ms, uint, 0644);
 MODULE_PARM_DESC(health_ms,
 		 "Period of the device health check (ms): a device that vanished, stopped with STATUS_FATAL or reset itself is recovered even when no command notices (0: off)");
 
+bool odprnic_two_pass = true;
+module_param_named(two_pass, odprnic_two_pass, bool, 0644);
+MODULE_PARM_DESC(two_pass,
+		 "On kernels with two-pass mmu interval notifiers (7.2+), ring every doorbell of an invalidation before waiting for the acknowledgments");
+
 #define ODPRNIC_READY_TIMEOUT_MS	1000
 
 /* a device that needs more recoveries than this per window is left down */

@@ -49,6 +49,117 @@ unmap:
 	ib_umem_odp_unmap_dma_pages(odp, start, end);
 }
 
+/*
+ * Two passes (kernels that have them, and two_pass=1): the first pass
+ * rings the doorbell for every MR a range hits, the second waits for the
+ * acknowledgments and unmaps. An munmap over many ODP MRs, or over many
+ * children of an implicit MR, then waits for the device about once rather
+ * than once per MR: acknowledgments are cumulative ("Invalidation
+ * doorbell"), so the waits after the first find theirs already there.
+ * umem_mutex is not held between the passes; faults cannot slip in, since
+ * the first pass moved the notifier's sequence (a fault that read it
+ * before retries) and the invalidation stays open until the second pass
+ * returned (a fault that starts now waits in mmu_interval_read_begin()).
+ */
+static struct odprnic_zap *odprnic_odp_zap_alloc(struct odprnic_mr *mr,
+						 struct ib_umem_odp *odp)
+{
+	/* 7.3: no allocation that may reclaim under umem_mutex */
+	if (!READ_ONCE(odprnic_two_pass) || !mr || !odp->npages ||
+	    !test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
+		return NULL;
+	return kzalloc(sizeof(struct odprnic_zap), GFP_NOWAIT);
+}
+
+/*
+ * odprnic_odp_zap_start - the first pass, under @odp's umem_mutex: ring
+ * the doorbell for [@start, @end) of @mr and return what the second pass
+ * needs, or do all of odprnic_odp_zap() and return NULL (nothing to wait
+ * for, two passes off, or no memory for the state).
+ */
+struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
+					  struct ib_umem_odp *odp,
+					  unsigned long start,
+					  unsigned long end)
+{
+	struct odprnic_zap *z;
+
+	lockdep_assert_held(&odp->umem_mutex);
+	z = odprnic_odp_zap_alloc(mr, odp);
+	if (!z) {
+		odprnic_odp_zap(mr, odp, start, end);
+		return NULL;
+	}
+	atomic64_inc(&mr->invalidations);
+	z->mr = mr;
+	z->odp = odp;
+	z->start = start;
+	z->end = end;
+	z->iova = mr->iova + (start - mr->start);
+	z->t0 = ktime_get();
+	z->base.notifier = &odp->notifier;
+	if (odprnic_inv_submit(mr->dev, mr->key, z->iova, end - start,
+			       &z->seq)) {
+		/* gone or fenced: the device reaches nothing any more */
+		ib_umem_odp_unmap_dma_pages(odp, start, end);
+		kfree(z);
+		return NULL;
+	}
+	return z;
+}
+
+/*
+ * odprnic_odp_zap_wait - the second pass's wait, with no lock held: as
+ * odprnic_odp_zap(), a missing acknowledgment kills the MR and fences the
+ * device. The caller then unmaps under umem_mutex and frees @z.
+ */
+void odprnic_odp_zap_wait(struct odprnic_zap *z)
+{
+	struct odprnic_mr *mr = z->mr;
+
+	if (odprnic_inv_wait(mr->dev, z->seq, mr->key, z->iova,
+			     z->end - z->start, z->t0) == -ETIMEDOUT) {
+		set_bit(ODPRNIC_MRF_DEAD, &mr->flags);
+		odprnic_fence(mr->dev, "an ODP invalidation was not acknowledged");
+	}
+}
+
+static bool __maybe_unused
+odprnic_odp_invalidate_start(struct mmu_interval_notifier *mni,
+			     const struct mmu_notifier_range *range,
+			     unsigned long cur_seq,
+			     struct odprnic_mni_finish **finish)
+{
+	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
+					       notifier);
+	struct odprnic_zap *z;
+
+	if (!mmu_notifier_range_blockable(range))
+		return false;
+
+	mutex_lock(&odp->umem_mutex);
+	mmu_interval_set_seq(mni, cur_seq);
+	z = odprnic_odp_zap_start(odp->private, odp,
+				  max(ib_umem_start(odp), range->start),
+				  min(ib_umem_end(odp), range->end));
+	mutex_unlock(&odp->umem_mutex);
+	if (z)
+		*finish = &z->base;
+	return true;
+}
+
+static void __maybe_unused
+odprnic_odp_invalidate_finish(struct odprnic_mni_finish *f)
+{
+	struct odprnic_zap *z = container_of(f, struct odprnic_zap, base);
+
+	odprnic_odp_zap_wait(z);
+	mutex_lock(&z->odp->umem_mutex);
+	ib_umem_odp_unmap_dma_pages(z->odp, z->start, z->end);
+	mutex_unlock(&z->odp->umem_mutex);
+	kfree(z);
+}
+
 static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
 				   const struct mmu_notifier_range *range,
 				   unsigned long cur_seq)
@@ -68,9 +179,9 @@ static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
 	return true;
 }
 
-static const struct mmu_interval_notifier_ops odprnic_odp_mn_ops = {
-	.invalidate = odprnic_odp_invalidate,
-};
+static const struct mmu_interval_notifier_ops odprnic_odp_mn_ops =
+	ODPRNIC_MNI_OPS(odprnic_odp_invalidate, odprnic_odp_invalidate_start,
+			odprnic_odp_invalidate_finish);
 
 int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
 {
@@ -266,12 +377,69 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	odprnic_cmd_put(dev, s);
 }
 
+/* Prefetch one SGE of @mr; a racing invalidation is retried, bounded. */
+static int odprnic_prefetch_one(struct odprnic_mr *mr,
+				struct odprnic_cmd_slot *s, u64 addr, u32 len,
+				bool write, bool fault)
+{
+	int tries = ODPRNIC_PREFETCH_TRIES;
+	int err;
+
+	do {
+		err = odprnic_odp_map(mr, s, addr, len, write, fault,
+				      ODPRNIC_MAP_PREFETCH);
+	} while (err == -EAGAIN && --tries);
+	return err;
+}
+
+/* An asynchronous prefetch: the MRs of its SGEs are held until it ran. */
+struct odprnic_prefetch_work {
+	struct work_struct work;
+	struct odprnic_dev *dev;
+	bool write;
+	bool fault;
+	u32 num_sge;
+	struct {
+		struct odprnic_mr *mr;
+		u64 addr;
+		u32 length;
+	} sg[];
+};
+
+static void odprnic_prefetch_work(struct work_struct *work)
+{
+	struct odprnic_prefetch_work *pw =
+		container_of(work, struct odprnic_prefetch_work, work);
+	struct odprnic_dev *dev = pw->dev;
+	struct odprnic_cmd_slot *s = odprnic_cmd_get(dev);
+	int err = IS_ERR(s) ? PTR_ERR(s) : 0;
+	u32 i;
+
+	for (i = 0; i < pw->num_sge; i++) {
+		struct odprnic_mr *mr = pw->sg[i].mr;
+
+		/* a prefetch is advice: a failure only means a later fault */
+		if (!err)
+			err = odprnic_prefetch_one(mr, s, pw->sg[i].addr,
+						   pw->sg[i].length, pw->write,
+						   pw->fault);
+		odprnic_mr_put(mr);
+	}
+	if (err)
+		dev_dbg(&dev->pdev->dev, "asynchronous prefetch: %d\n", err);
+	if (!IS_ERR(s))
+		odprnic_cmd_put(dev, s);
+	kfree(pw);
+}
+
 /*
  * advise_mr: prefetch ODP ranges into the device (MAP_PAGES with
  * ODPRNIC_MAP_PREFETCH) so that the first access does not fault.
- * PREFETCH_NO_FAULT maps only what is present in the page tables. The
- * work is always done before returning, which also satisfies
- * IB_UVERBS_ADVISE_MR_FLAG_FLUSH.
+ * PREFETCH_NO_FAULT maps only what is present in the page tables. With
+ * IB_UVERBS_ADVISE_MR_FLAG_FLUSH the work is done before returning;
+ * without it the SGEs are checked and their MRs held here, and the
+ * mapping runs on the driver's workqueue (dereg_mr waits for it through
+ * the MR's reference, recovery flushes it).
  */
 int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		      u32 flags, struct ib_sge *sg_list, u32 num_sge,
@@ -280,6 +448,7 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 	struct odprnic_dev *dev = to_odev(pd->device);
 	bool write = advice == IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE;
 	bool fault = advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT;
+	struct odprnic_prefetch_work *pw;
 	struct odprnic_cmd_slot *s;
 	int err = 0;
 	u32 i;
@@ -290,6 +459,41 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 	    advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE &&
 	    advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT)
 		return -EOPNOTSUPP;
+
+	if (!(flags & IB_UVERBS_ADVISE_MR_FLAG_FLUSH)) {
+		pw = kzalloc(struct_size(pw, sg, num_sge), GFP_KERNEL);
+		if (!pw)
+			return -ENOMEM;
+		for (i = 0; i < num_sge; i++) {
+			struct odprnic_mr *mr = odprnic_mr_get(dev,
+							       sg_list[i].lkey);
+
+			if (!mr || !odprnic_mr_is_odp(mr) ||
+			    mr->ibmr.pd != pd) {
+				if (mr)
+					odprnic_mr_put(mr);
+				err = -EINVAL;
+				break;
+			}
+			pw->sg[i].mr = mr;
+			pw->sg[i].addr = sg_list[i].addr;
+			pw->sg[i].length = sg_list[i].length;
+			pw->num_sge = i + 1;
+		}
+		if (err) {
+			for (i = 0; i < pw->num_sge; i++)
+				odprnic_mr_put(pw->sg[i].mr);
+			kfree(pw);
+			return err;
+		}
+		INIT_WORK(&pw->work, odprnic_prefetch_work);
+		pw->dev = dev;
+		pw->write = write;
+		pw->fault = fault;
+		queue_work(dev->wq, &pw->work);
+		return 0;
+	}
+
 	s = odprnic_cmd_get(dev);
 	if (IS_ERR(s))
 		return PTR_ERR(s);
@@ -297,19 +501,12 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		struct odprnic_mr *mr = odprnic_mr_get(dev, sg_list[i].lkey);
 
 		if (!mr || !odprnic_mr_is_odp(mr) ||
-		    mr->ibmr.pd != pd) {
+		    mr->ibmr.pd != pd)
 			err = -EINVAL;
-		} else {
-			int tries = ODPRNIC_PREFETCH_TRIES;
-
-			/* a racing invalidation: try again, a bounded number */
-			do {
-				err = odprnic_odp_map(mr, s, sg_list[i].addr,
-						      sg_list[i].length, write,
-						      fault,
-						      ODPRNIC_MAP_PREFETCH);
-			} while (err == -EAGAIN && --tries);
-		}
+		else
+			err = odprnic_prefetch_one(mr, s, sg_list[i].addr,
+						   sg_list[i].length, write,
+						   fault);
 		if (mr)
 			odprnic_mr_put(mr);
 	}
