@@ -495,12 +495,11 @@ int odprnic_odp_stop(struct odprnic_mr *mr);
 void odprnic_odp_dereg(struct odprnic_mr *mr);
 void odprnic_odp_page_fault(struct odprnic_dev *dev,
 			    const struct odprnic_event *ev);
-void odprnic_odp_zap(struct odprnic_mr *mr, struct ib_umem_odp *odp,
-		     unsigned long start, unsigned long end);
 struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 					  struct ib_umem_odp *odp,
 					  unsigned long start,
-					  unsigned long end);
+					  unsigned long end,
+					  struct odprnic_mni_finish **finish);
 void odprnic_odp_zap_wait(struct odprnic_zap *z);
 void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
 			   __le64 *ptes);

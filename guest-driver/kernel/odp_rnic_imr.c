@@ -88,39 +88,14 @@ static void odprnic_imr_child_idle(struct odprnic_imr_child *c)
 
 /*
  * The notifier of a child: as for an explicit ODP MR, for the part of the
- * range the child covers, through the implicit MR's key (IOVA == VA).
+ * range the child covers, through the implicit MR's key (IOVA == VA); in
+ * one pass or two (see odp_rnic_odp.c). A child whose last pages went is
+ * marked idle for the collector.
  */
-static bool odprnic_imr_child_invalidate(struct mmu_interval_notifier *mni,
-					 const struct mmu_notifier_range *range,
-					 unsigned long cur_seq)
-{
-	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
-					       notifier);
-	struct odprnic_imr_child *c = odp->private;
-	int had;
-
-	if (!mmu_notifier_range_blockable(range))
-		return false;
-
-	mutex_lock(&odp->umem_mutex);
-	mmu_interval_set_seq(mni, cur_seq);
-	had = odp->npages;
-	/* a child being set up has nothing mapped yet */
-	odprnic_odp_zap(c ? c->mr : NULL, odp,
-			max(ib_umem_start(odp), range->start),
-			min(ib_umem_end(odp), range->end));
-	if (c && had && !odp->npages)
-		odprnic_imr_child_idle(c);
-	mutex_unlock(&odp->umem_mutex);
-	return true;
-}
-
-/* The same in two passes (see odprnic_odp_zap_start()). */
-static bool __maybe_unused
-odprnic_imr_child_invalidate_start(struct mmu_interval_notifier *mni,
-				   const struct mmu_notifier_range *range,
-				   unsigned long cur_seq,
-				   struct odprnic_mni_finish **finish)
+static bool __odprnic_imr_child_invalidate(struct mmu_interval_notifier *mni,
+					   const struct mmu_notifier_range *range,
+					   unsigned long cur_seq,
+					   struct odprnic_mni_finish **finish)
 {
 	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
 					       notifier);
@@ -134,9 +109,10 @@ odprnic_imr_child_invalidate_start(struct mmu_interval_notifier *mni,
 	mutex_lock(&odp->umem_mutex);
 	mmu_interval_set_seq(mni, cur_seq);
 	had = odp->npages;
+	/* a child being set up has nothing mapped yet */
 	z = odprnic_odp_zap_start(c ? c->mr : NULL, odp,
 				  max(ib_umem_start(odp), range->start),
-				  min(ib_umem_end(odp), range->end));
+				  min(ib_umem_end(odp), range->end), finish);
 	if (z) {
 		z->had = had;
 		*finish = &z->base;
@@ -145,6 +121,22 @@ odprnic_imr_child_invalidate_start(struct mmu_interval_notifier *mni,
 	}
 	mutex_unlock(&odp->umem_mutex);
 	return true;
+}
+
+static bool odprnic_imr_child_invalidate(struct mmu_interval_notifier *mni,
+					 const struct mmu_notifier_range *range,
+					 unsigned long cur_seq)
+{
+	return __odprnic_imr_child_invalidate(mni, range, cur_seq, NULL);
+}
+
+static bool __maybe_unused
+odprnic_imr_child_invalidate_start(struct mmu_interval_notifier *mni,
+				   const struct mmu_notifier_range *range,
+				   unsigned long cur_seq,
+				   struct odprnic_mni_finish **finish)
+{
+	return __odprnic_imr_child_invalidate(mni, range, cur_seq, finish);
 }
 
 static void __maybe_unused

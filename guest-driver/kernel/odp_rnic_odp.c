@@ -24,8 +24,8 @@
  * and wait, bounded, until it confirms; then unmap the pages. @mr is NULL
  * while the umem is being set up.
  */
-void odprnic_odp_zap(struct odprnic_mr *mr, struct ib_umem_odp *odp,
-		     unsigned long start, unsigned long end)
+static void odprnic_odp_zap(struct odprnic_mr *mr, struct ib_umem_odp *odp,
+			    unsigned long start, unsigned long end)
 {
 	int err;
 
@@ -62,11 +62,12 @@ unmap:
  * returned (a fault that starts now waits in mmu_interval_read_begin()).
  */
 static struct odprnic_zap *odprnic_odp_zap_alloc(struct odprnic_mr *mr,
-						 struct ib_umem_odp *odp)
+						 struct ib_umem_odp *odp,
+						 bool second_pass)
 {
 	/* 7.3: no allocation that may reclaim under umem_mutex */
-	if (!READ_ONCE(odprnic_two_pass) || !mr || !odp->npages ||
-	    !test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
+	if (!second_pass || !READ_ONCE(odprnic_two_pass) || !mr ||
+	    !odp->npages || !test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
 		return NULL;
 	return kzalloc(sizeof(struct odprnic_zap), GFP_NOWAIT);
 }
@@ -74,18 +75,19 @@ static struct odprnic_zap *odprnic_odp_zap_alloc(struct odprnic_mr *mr,
 /*
  * odprnic_odp_zap_start - the first pass, under @odp's umem_mutex: ring
  * the doorbell for [@start, @end) of @mr and return what the second pass
- * needs, or do all of odprnic_odp_zap() and return NULL (nothing to wait
- * for, two passes off, or no memory for the state).
+ * needs, or do all of odprnic_odp_zap() and return NULL (no second pass
+ * (@finish NULL), nothing to wait for, two passes off, or no memory).
  */
 struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 					  struct ib_umem_odp *odp,
 					  unsigned long start,
-					  unsigned long end)
+					  unsigned long end,
+					  struct odprnic_mni_finish **finish)
 {
 	struct odprnic_zap *z;
 
 	lockdep_assert_held(&odp->umem_mutex);
-	z = odprnic_odp_zap_alloc(mr, odp);
+	z = odprnic_odp_zap_alloc(mr, odp, finish != NULL);
 	if (!z) {
 		odprnic_odp_zap(mr, odp, start, end);
 		return NULL;
@@ -124,11 +126,14 @@ void odprnic_odp_zap_wait(struct odprnic_zap *z)
 	}
 }
 
-static bool __maybe_unused
-odprnic_odp_invalidate_start(struct mmu_interval_notifier *mni,
-			     const struct mmu_notifier_range *range,
-			     unsigned long cur_seq,
-			     struct odprnic_mni_finish **finish)
+/*
+ * The notifier: in one pass when @finish is NULL (or two passes are off),
+ * else the first of two, leaving *@finish for odprnic_odp_invalidate_finish().
+ */
+static bool __odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
+				     const struct mmu_notifier_range *range,
+				     unsigned long cur_seq,
+				     struct odprnic_mni_finish **finish)
 {
 	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
 					       notifier);
@@ -141,11 +146,27 @@ odprnic_odp_invalidate_start(struct mmu_interval_notifier *mni,
 	mmu_interval_set_seq(mni, cur_seq);
 	z = odprnic_odp_zap_start(odp->private, odp,
 				  max(ib_umem_start(odp), range->start),
-				  min(ib_umem_end(odp), range->end));
+				  min(ib_umem_end(odp), range->end), finish);
 	mutex_unlock(&odp->umem_mutex);
 	if (z)
 		*finish = &z->base;
 	return true;
+}
+
+static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
+				   const struct mmu_notifier_range *range,
+				   unsigned long cur_seq)
+{
+	return __odprnic_odp_invalidate(mni, range, cur_seq, NULL);
+}
+
+static bool __maybe_unused
+odprnic_odp_invalidate_start(struct mmu_interval_notifier *mni,
+			     const struct mmu_notifier_range *range,
+			     unsigned long cur_seq,
+			     struct odprnic_mni_finish **finish)
+{
+	return __odprnic_odp_invalidate(mni, range, cur_seq, finish);
 }
 
 static void __maybe_unused
@@ -158,25 +179,6 @@ odprnic_odp_invalidate_finish(struct odprnic_mni_finish *f)
 	ib_umem_odp_unmap_dma_pages(z->odp, z->start, z->end);
 	mutex_unlock(&z->odp->umem_mutex);
 	kfree(z);
-}
-
-static bool odprnic_odp_invalidate(struct mmu_interval_notifier *mni,
-				   const struct mmu_notifier_range *range,
-				   unsigned long cur_seq)
-{
-	struct ib_umem_odp *odp = container_of(mni, struct ib_umem_odp,
-					       notifier);
-
-	if (!mmu_notifier_range_blockable(range))
-		return false;
-
-	mutex_lock(&odp->umem_mutex);
-	mmu_interval_set_seq(mni, cur_seq);
-	odprnic_odp_zap(odp->private, odp,
-			max(ib_umem_start(odp), range->start),
-			min(ib_umem_end(odp), range->end));
-	mutex_unlock(&odp->umem_mutex);
-	return true;
 }
 
 static const struct mmu_interval_notifier_ops odprnic_odp_mn_ops =

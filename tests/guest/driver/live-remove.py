@@ -24,11 +24,9 @@ import sys
 import time
 
 import pyverbs.enums as e
-from odprnic_app import (BAD_DMESG, App, Tap, bounded, dmesg, ibdev, rping_server,
-                         wait_for)
+from odprnic_app import BAD_DMESG, App, Tap, bounded, busy, dmesg, ibdev, wait_for
 from odprnic_ctl import Control
 from odprnic_verbs import netup
-from pyverbs.wr import SGE, SendWR
 
 tap = Tap()
 
@@ -46,14 +44,8 @@ def main():
     bdf = os.path.basename(os.path.realpath(f"/sys/class/infiniband/{dev}/device"))
     log0 = len(dmesg())
     viol0 = ctl.request({"op": "violations"}).get("count", 0)
-    app = App(dev, odp)
-    ok, how = app.rdma_write(os.urandom(1024))
-    ok2, how2 = app.inject(ctl, os.urandom(4096))
-    rping = rping_server(ip)
-    time.sleep(0.5)
-    tap(ok and ok2 and rping.poll() is None,
-        "an application's RC pair and ODP MR work, rping listens",
-        f"{dev} at {bdf}: write {how}, injected {how2}")
+    app, rping, ok, detail = busy(dev, odp, ctl, ip)
+    tap(ok, "an application's RC pair and ODP MR work, rping listens", f"{dev} at {bdf}: " + detail)
 
     t = time.monotonic()
     done, r = bounded(lambda: sysfs_write(f"/sys/bus/pci/devices/{bdf}/remove", "1"), 30)
@@ -74,17 +66,7 @@ def main():
         f"event {ev}, ib_device {'gone' if gone else 'still there'}, "
         f"rping {'exited' if rping_gone else 'still listening'}")
 
-    def post_old():
-        wr = SendWR(wr_id=2, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
-                    sg=[SGE(app.src.buf, 64, app.src.lkey)],
-                    send_flags=e.IBV_SEND_SIGNALED)
-        wr.set_wr_rdma(app.dst.rkey, app.dst.buf)
-        try:
-            app.qps[0].post_send(wr)
-        except Exception as x:  # refusing is fine; crashing is not
-            return repr(x)
-        return "accepted"
-    done, r = bounded(post_old, 10)
+    done, r = bounded(app.post_unchecked, 10)
     closed = app.close()
     tap(done and closed, "posting to the old QP does not crash the application; it closes",
         f"post_send {r}")

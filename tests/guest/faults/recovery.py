@@ -43,8 +43,8 @@ import sys
 import time
 
 import pyverbs.enums as e
-from odprnic_app import (BAD_DMESG, MODULE, App, Tap, bounded, counter, dmesg,
-                         ibdev, param, rping_server, wait_for)
+from odprnic_app import (BAD_DMESG, MODULE, App, Tap, bounded, busy, counter, dmesg,
+                         ibdev, param, wait_for)
 from odprnic_ctl import Control
 from odprnic_verbs import netup
 from pyverbs.device import Context
@@ -63,14 +63,8 @@ def scenario(ctl, kind, ip, odp):
     log0 = len(dmesg())
     rec0 = counter(dev, "recoveries")
     viol0 = ctl.request({"op": "violations"}).get("count", 0)
-    app = App(dev, odp)
-    ok, how = app.rdma_write(os.urandom(2048))
-    ok2, how2 = app.inject(ctl, os.urandom(4096))
-    rping = rping_server(ip)
-    time.sleep(0.5)
-    tap(ok and ok2 and rping.poll() is None,
-        f"{kind}: the application's RC pair and ODP MR work, rping listens",
-        f"write {how}, injected {how2}, rping {'up' if rping.poll() is None else 'exited'}")
+    app, rping, ok, detail = busy(dev, odp, ctl, ip)
+    tap(ok, f"{kind}: the application's RC pair and ODP MR work, rping listens", detail)
 
     ctl.request({"op": "fault_plan", "set": {"kind": kind, "count": 1}})
     t = time.monotonic()

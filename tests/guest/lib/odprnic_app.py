@@ -10,6 +10,7 @@ removal/surprise.py).
     app.rdma_write(data) -> (ok, detail): an RDMA WRITE lands byte-exact
     app.inject(ctl, data) -> (ok, detail): a remote write from the device's
                          wire injector into the ODP MR lands byte-exact
+    app.post_unchecked() posts on the old QP once the device is gone
     app.async_event(t)   the context's next IBV_EVENT_*, None within t s
     app.close()          closes everything; False if that hung
     ibdev()              the ib_device odp_rnic drives now, or None
@@ -18,6 +19,8 @@ removal/surprise.py).
     bounded(fn, t)       (returned, result or exception) of fn() within t s
     wait_for(pred, t)    pred()'s first true value within t s, or None
     rping_server(ip)     an RDMA CM listener (rping -s)
+    busy(ibdev, odp, ctl, ip) -> (app, rping, ok, detail): an App just used,
+                         and an rping listener
     dmesg(), BAD_DMESG   the kernel log and what must not be in it
     Tap                  numbered TAP lines
 """
@@ -171,6 +174,19 @@ class App:
         return r.get("status") == "success" and self.odp_buf[:len(data)] == data, \
             r.get("status")
 
+    def post_unchecked(self):
+        """Post an RDMA WRITE on qps[0] after the device went away: "accepted"
+        or the error; what matters is that the process survives it."""
+        wr = SendWR(wr_id=2, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
+                    sg=[SGE(self.src.buf, 64, self.src.lkey)],
+                    send_flags=e.IBV_SEND_SIGNALED)
+        wr.set_wr_rdma(self.dst.rkey, self.dst.buf)
+        try:
+            self.qps[0].post_send(wr)
+        except Exception as x:  # refusing is fine; crashing is not
+            return repr(x)
+        return "accepted"
+
     def async_event(self, timeout):
         ok, kind = bounded(lambda: _event(self.ctx), timeout)
         return kind if ok else None
@@ -193,6 +209,19 @@ def _event(ctx):
     kind = ev.event_type
     ev.ack()
     return kind
+
+
+def busy(dev, odp, ctl, ip):
+    """An App on dev whose RC pair and ODP MR were just used, and an rping
+    listener: (app, rping, ok, detail)."""
+    app = App(dev, odp)
+    ok, how = app.rdma_write(os.urandom(2048))
+    ok2, how2 = app.inject(ctl, os.urandom(4096))
+    rping = rping_server(ip)
+    time.sleep(0.5)
+    up = rping.poll() is None
+    return app, rping, ok and ok2 and up, \
+        f"write {how}, injected {how2}, rping {'up' if up else 'exited'}"
 
 
 def rping_server(ip):

@@ -21,18 +21,15 @@ tests in removal/ after every other test.
 Output is TAP.
 """
 
-import os
 import subprocess
 import sys
 import time
 
 import pyverbs.enums as e
-from odprnic_app import (BAD_DMESG, App, Tap, bounded, dmesg, ibdev, param,
-                         rping_server, wait_for)
+from odprnic_app import BAD_DMESG, Tap, bounded, busy, dmesg, ibdev, param, wait_for
 from odprnic_ctl import Control
 from odprnic_verbs import netup
 from pyverbs.pd import PD
-from pyverbs.wr import SGE, SendWR
 
 tap = Tap()
 
@@ -44,14 +41,8 @@ def main():
     dev = wait_for(ibdev, 20)
     param("cmd_timeout_ms", 5000)
     log0 = len(dmesg())
-    app = App(dev, odp)
-    ok, how = app.rdma_write(os.urandom(1024))
-    ok2, how2 = app.inject(ctl, os.urandom(4096))
-    rping = rping_server(ip)
-    time.sleep(0.5)
-    tap(ok and ok2 and rping.poll() is None,
-        "an application's RC pair and ODP MR work, rping listens",
-        f"write {how}, injected {how2}")
+    app, rping, ok, detail = busy(dev, odp, ctl, ip)
+    tap(ok, "an application's RC pair and ODP MR work, rping listens", detail)
 
     ctl.request({"op": "fault_plan", "set": {"kind": "kill", "count": 1}})
     t = time.monotonic()
@@ -72,20 +63,10 @@ def main():
         "IBV_EVENT_DEVICE_FATAL, the ib_device goes away, rping was told, dmesg says why",
         f"event {ev}, rping {'exited' if rping_gone else 'listening'}; " + " | ".join(said)[:400])
 
-    def post_old():
-        wr = SendWR(wr_id=2, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
-                    sg=[SGE(app.src.buf, 64, app.src.lkey)],
-                    send_flags=e.IBV_SEND_SIGNALED)
-        wr.set_wr_rdma(app.dst.rkey, app.dst.buf)
-        try:
-            app.qps[0].post_send(wr)
-        except Exception as x:  # refusing is fine; crashing is not
-            return repr(x)
-        return "accepted"
     t = time.monotonic()
     shell = subprocess.run(["sh", "-c", "echo alive"], capture_output=True, text=True,
                            timeout=10).stdout.strip()
-    done, r = bounded(post_old, 10)
+    done, r = bounded(app.post_unchecked, 10)
     closed = app.close()
     tap(shell == "alive" and done and closed,
         "the guest stays responsive; posting to the old QP is harmless; the application closes",
