@@ -218,14 +218,23 @@ def busy(dev, odp, ctl, ip):
     ok, how = app.rdma_write(os.urandom(2048))
     ok2, how2 = app.inject(ctl, os.urandom(4096))
     rping = rping_server(ip)
-    time.sleep(0.5)
     up = rping.poll() is None
     return app, rping, ok and ok2 and up, \
         f"write {how}, injected {how2}, rping {'up' if up else 'exited'}"
 
 
 def rping_server(ip):
-    return subprocess.Popen(["rping", "-s", "-a", ip, "-C", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """rping -s on ip, once it listens (its cm_id shows in `rdma resource
+    show cm_id`): a test that takes the device away right after must find
+    the listener bound to it."""
+    p = subprocess.Popen(["rping", "-s", "-a", ip, "-C", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def listening():
+        out = subprocess.run(["rdma", "resource", "show", "cm_id"], capture_output=True,
+                             text=True).stdout
+        return any("LISTEN" in l and f"pid {p.pid} " in l + " " for l in out.splitlines())
+    wait_for(lambda: listening() or p.poll() is not None, 10)
+    return p
 
 
