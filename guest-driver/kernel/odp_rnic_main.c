@@ -41,6 +41,11 @@ module_param_named(recovery, odprnic_recovery, bool, 0644);
 MODULE_PARM_DESC(recovery,
 		 "After a fence, a device error or a command timeout, reset the device and register a new ib_device (0: stay down until the driver is reloaded)");
 
+static unsigned int odprnic_recovery_burst = 5;
+module_param_named(recovery_burst, odprnic_recovery_burst, uint, 0644);
+MODULE_PARM_DESC(recovery_burst,
+		 "Recoveries allowed within a minute; a device that needs more is left down until the driver is reloaded (fault campaigns raise it)");
+
 unsigned int odprnic_health_ms = 1000;
 module_param_named(health_ms, odprnic_health_ms, uint, 0644);
 MODULE_PARM_DESC(health_ms,
@@ -53,8 +58,7 @@ MODULE_PARM_DESC(two_pass,
 
 #define ODPRNIC_READY_TIMEOUT_MS	1000
 
-/* a device that needs more recoveries than this per window is left down */
-#define ODPRNIC_RECOVERY_BURST		5
+/* a device that needs more than recovery_burst recoveries a window is left down */
 #define ODPRNIC_RECOVERY_WINDOW		(60 * HZ)
 /* attempts to restart the device in one recovery, with growing pauses */
 #define ODPRNIC_RESTART_TRIES		3
@@ -394,7 +398,7 @@ static int odprnic_start(struct odprnic_dev *dev)
 	return err;
 }
 
-/* A recovery more than ODPRNIC_RECOVERY_BURST times a window: give up. */
+/* A recovery more than recovery_burst times a window: give up. */
 static bool odprnic_recovery_allowed(struct odprnic_dev *dev)
 {
 	if (!dev->recent_recoveries ||
@@ -402,7 +406,7 @@ static bool odprnic_recovery_allowed(struct odprnic_dev *dev)
 		dev->recovery_window = jiffies;
 		dev->recent_recoveries = 0;
 	}
-	return ++dev->recent_recoveries <= ODPRNIC_RECOVERY_BURST;
+	return ++dev->recent_recoveries <= READ_ONCE(odprnic_recovery_burst);
 }
 
 /*
@@ -472,7 +476,8 @@ static void odprnic_recovery_work(struct work_struct *work)
 	}
 	if (!odprnic_recovery_allowed(dev)) {
 		dev_err(d, "recovery: more than %u recoveries within %u s; the device stays down until the driver is reloaded\n",
-			ODPRNIC_RECOVERY_BURST, ODPRNIC_RECOVERY_WINDOW / HZ);
+			READ_ONCE(odprnic_recovery_burst),
+			ODPRNIC_RECOVERY_WINDOW / HZ);
 		goto failed;
 	}
 	for (i = 0; i < ODPRNIC_RESTART_TRIES; i++) {

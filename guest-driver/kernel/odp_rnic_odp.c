@@ -87,7 +87,7 @@ struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 	struct odprnic_zap *z;
 
 	lockdep_assert_held(&odp->umem_mutex);
-	z = odprnic_odp_zap_alloc(mr, odp, finish != NULL);
+	z = odprnic_odp_zap_alloc(mr, odp, finish);
 	if (!z) {
 		odprnic_odp_zap(mr, odp, start, end);
 		return NULL;

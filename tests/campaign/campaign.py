@@ -110,7 +110,8 @@ class Churn:
 
 def perftest(dev, seconds, port):
     """An ib_write_bw pair; their output goes to files the round reads."""
-    args = ["-d", dev, "-x", "0", "-p", str(port), "-F", "--odp", "-D", str(seconds)]
+    args = ["-d", dev, "-x", "0", "-p", str(port), "-F", "--odp", "-D",
+            str(max(1, round(seconds)))]
     outs = [open(f"/tmp/campaign-{w}.out", "w+") for w in ("server", "client")]
     srv = subprocess.Popen(["ib_write_bw"] + args, stdout=outs[0], stderr=subprocess.STDOUT)
     time.sleep(0.5)
@@ -215,6 +216,8 @@ def main():
     netup()
     param("inv_timeout_ms", INV_TIMEOUT_MS)
     param("cmd_timeout_ms", CMD_TIMEOUT_MS)
+    # a campaign recovers the device on purpose, round after round
+    param("recovery_burst", 1000)
     # the plans depend on the seed alone; the churn's draws on timing too
     plans = random.Random(a.seed)
     rng = random.Random(a.seed + 1)
