@@ -15,7 +15,7 @@ def perftest(r):
     if not codes:
         return "—"
     tails = r.get("perftest_tail") or []
-    why = next((t.split(" / ")[-1] for t in tails[::-1] if t), "")
+    why = next((t for t in tails[::-1] if t), "")
     return f"{codes[0]}/{codes[1]}" + (f": {why}" if any(codes) and why else "")
 
 
