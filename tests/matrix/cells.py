@@ -13,8 +13,11 @@ expectation.
 
 Backings: anon (private anonymous), shmem (memfd), pagecache (a file on XFS
 on a loop device), fsdax (a file on XFS dax=always on pmem).
-Modes: pinned, odp, revocable.
-Events: none; dontneed (MADV_DONTNEED of the page, anon); punch
+Modes: pinned, odp, implicit (one implicit ODP MR over the whole address
+space), revocable.
+Events: none; dontneed (MADV_DONTNEED of the page, anon); fork (a child
+shares the memory copy-on-write, then the parent writes the page, anon);
+punch
 (fallocate PUNCH_HOLE of the page); truncate (the file to 0 and back to its
 size); reflink (cp --reflink=always of the file, then a CPU write to the
 page of the original).
@@ -39,15 +42,16 @@ sys.path.insert(0, os.path.join(HERE, "..", "guest", "odp"))
 
 import daxlib  # noqa: E402
 from expect import REASONS, expected  # noqa: E402
+from pyverbs.mr import MR  # noqa: E402
 from pyverbs.pyverbs_error import PyverbsRDMAError  # noqa: E402
 
 SIZE = 256 * 1024
 TARGET = 64 * 1024      # the page the remote writes go to
 PAGE = 4096
 BACKINGS = ("anon", "shmem", "pagecache", "fsdax")
-MODES = ("pinned", "odp", "revocable")
+MODES = ("pinned", "odp", "implicit", "revocable")
 EVENTS = {
-    "anon": ("none", "dontneed"),
+    "anon": ("none", "dontneed", "fork"),
     "shmem": ("none", "punch", "truncate"),
     "pagecache": ("none", "punch", "truncate", "reflink"),
     "fsdax": ("none", "punch", "truncate", "reflink"),
@@ -97,6 +101,13 @@ class Backing:
         elif name == "punch":
             if libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, TARGET, PAGE):
                 raise OSError(ctypes.get_errno(), "fallocate")
+        elif name == "fork":
+            pid = os.fork()
+            if pid == 0:  # the child only holds the copy-on-write mapping
+                time.sleep(2)
+                os._exit(0)
+            self.child = pid
+            self.map[TARGET:TARGET + 8] = b"CPUwrite"  # the parent's CoW break
         elif name == "truncate":
             os.ftruncate(self.fd, 0)
             os.ftruncate(self.fd, SIZE)
@@ -114,6 +125,8 @@ class Backing:
             return f.read(n)
 
     def close(self):
+        if getattr(self, "child", None):
+            os.waitpid(self.child, 0)
         self.map.close()
         if self.fd >= 0:
             os.close(self.fd)
@@ -128,6 +141,8 @@ def errname(err):
 
 
 def register(env, b, mode):
+    if mode == "implicit":
+        return MR(env.pd, 0, daxlib.ACCESS_ODP_RW, implicit=True)
     access = daxlib.ACCESS_ODP_RW if mode == "odp" else daxlib.ACCESS_RW
     return env.reg_mr(b.addr, SIZE, access, mode=None if mode == "odp" else mode)
 

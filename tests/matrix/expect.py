@@ -39,6 +39,13 @@ REASONS = {
                      "whether or not a notifier fires",
     "revoke": "every notifier event revokes a revocable MR "
               "(docs/driver.md); later accesses fail",
+    "fork-pinned": "mm/memory.c copy_present_page(): at fork a page that may "
+                   "be DMA-pinned (folio_maybe_dma_pinned) is copied for the "
+                   "child at once, so the parent keeps the pinned page and its "
+                   "write breaks no CoW (since 5.11)",
+    "fork-notifier": "fork write-protects the parent's private mappings under "
+                     "an MMU_NOTIFY_PROTECTION_PAGE notifier "
+                     "(copy_page_range()); the MR follows (ODP) or is revoked",
 }
 
 
@@ -58,10 +65,14 @@ def expected(kernel, backing, mode, event):
             return "coherent", "untouched"
         if event in ("dontneed", "punch", "truncate"):
             return "lost", "orphan"
+        if event == "fork":
+            return "coherent", "fork-pinned"
         return None
     if event == "none":
         return "coherent", "untouched"
-    if mode == "odp":
+    if event == "fork":
+        return ("refused" if mode == "revocable" else "coherent"), "fork-notifier"
+    if mode in ("odp", "implicit"):
         if event == "reflink" and backing == "pagecache":
             return "coherent", "pagecache-cow"
         return "coherent", "odp"

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from expect import REASONS  # noqa: E402
 
 ORDER_B = ("anon", "shmem", "pagecache", "fsdax")
-ORDER_M = ("pinned", "odp", "revocable")
-ORDER_E = ("none", "dontneed", "punch", "truncate", "reflink")
+ORDER_M = ("pinned", "odp", "implicit", "revocable")
+ORDER_E = ("none", "dontneed", "fork", "punch", "truncate", "reflink")
 
 
 def kver(k):
