@@ -29,9 +29,9 @@ import mmap
 import os
 import subprocess
 import sys
-import threading
 import time
 
+from odprnic_app import async_event, ibdev, wait_for
 from odprnic_ctl import Control
 import pyverbs.enums as e
 from pyverbs.device import Context
@@ -58,23 +58,6 @@ def tap(ok, desc, detail=""):
           flush=True)
 
 
-def ibdev():
-    for d in sorted(os.listdir("/sys/class/infiniband")):
-        drv = os.path.realpath(f"/sys/class/infiniband/{d}/device/driver")
-        if os.path.basename(drv) == "odp_rnic":
-            return d
-    return None
-
-
-def wait_ibdev(seconds=20):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        d = ibdev()
-        if d:
-            return d
-        time.sleep(0.1)
-    return None
-
 
 def anon(length):
     buf = mmap.mmap(-1, length, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
@@ -98,20 +81,6 @@ def recoveries(dev):
     with open(f"/sys/class/infiniband/{dev}/ports/1/hw_counters/recoveries") as f:
         return int(f.read())
 
-
-def async_event(ctx, timeout):
-    """The context's next async event type, or None within timeout."""
-    box = {}
-
-    def get():
-        ev = ctx.get_async_event()
-        box["kind"] = ev.event_type
-        ev.ack()
-
-    t = threading.Thread(target=get, daemon=True)
-    t.start()
-    t.join(timeout)
-    return box.get("kind")
 
 
 def module_loads():
@@ -144,7 +113,7 @@ def scenario(ctl, implicit):
     """The five steps with an explicit or an implicit ODP MR; False when
     the device is not there to go on."""
     what = "implicit ODP MR" if implicit else "ODP MR"
-    dev = wait_ibdev()
+    dev = wait_for(ibdev, 20)
     if not dev:
         tap(False, "odp_rnic ib device present")
         return False

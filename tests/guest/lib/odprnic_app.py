@@ -16,6 +16,7 @@ removal/surprise.py).
     ibdev()              the ib_device odp_rnic drives now, or None
     counter(ibdev, name) a hw_counter of the driver, -1 while it goes away
     param(name[, value]) an odp_rnic module parameter
+    async_event(ctx, t)  a context's next IBV_EVENT_*, None within t s
     bounded(fn, t)       (returned, result or exception) of fn() within t s
     wait_for(pred, t)    pred()'s first true value within t s, or None
     rping_server(ip)     an RDMA CM listener (rping -s)
@@ -188,8 +189,7 @@ class App:
         return "accepted"
 
     def async_event(self, timeout):
-        ok, kind = bounded(lambda: _event(self.ctx), timeout)
-        return kind if ok else None
+        return async_event(self.ctx, timeout)
 
     def close(self):
         def close_all():
@@ -202,6 +202,12 @@ class App:
                     print(f"# close {type(o).__name__}: {x}")
             self.odp_buf.close()
         return bounded(close_all, 30)[0]
+
+
+def async_event(ctx, timeout):
+    """The context's next IBV_EVENT_* (acknowledged), None within timeout."""
+    ok, kind = bounded(lambda: _event(ctx), timeout)
+    return kind if ok and not isinstance(kind, Exception) else None
 
 
 def _event(ctx):
