@@ -136,3 +136,21 @@ detect_accel() {
 		echo tcg
 	fi
 }
+
+# render_in_root RENDERER OUT JSON...: runs the guest-side renderer
+# RENDERER (a path under /opt/odp-rnic/src) with the lab root's python3
+# (the host may have none) over the JSON files, each named after its
+# directory (the kernel), and writes its output to OUT.
+render_in_root() {
+	local renderer=$1 out=$2 tmp j d
+	shift 2
+	tmp=$(mktemp -d "$ROOT/tmp/render.XXXXXX")
+	local rel=()
+	for j in "$@"; do
+		d=$(basename "$(dirname "$j")")
+		cp "$j" "$tmp/$d.json"
+		rel+=("/tmp/${tmp##*/}/$d.json")
+	done
+	chroot "$ROOT" python3 "$renderer" "${rel[@]}" >"$out"
+	rm -rf "$tmp"
+}

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from odprnic_app import async_event, ibdev, wait_for
+from odprnic_app import async_event, counter, ibdev, wait_for
 from odprnic_ctl import Control
 import pyverbs.enums as e
 from pyverbs.device import Context
@@ -77,11 +77,6 @@ def inject(ctl, rkey, va, data):
                         "data_hex": data.hex(), "timeout_ms": 5000})
 
 
-def recoveries(dev):
-    with open(f"/sys/class/infiniband/{dev}/ports/1/hw_counters/recoveries") as f:
-        return int(f.read())
-
-
 
 def module_loads():
     """Whether odp_rnic.ko was reloaded shows in inv_timeout_ms: this test
@@ -120,7 +115,7 @@ def scenario(ctl, implicit):
     with open(PARAM, "w") as f:
         f.write(str(BOUND_MS))
     dmesg_before = len(dmesg())
-    rec_before = recoveries(dev)
+    rec_before = counter(dev, "recoveries")
     loaded = module_loads()  # BOUND_MS
 
     ctx = Context(name=dev)
@@ -167,7 +162,7 @@ def scenario(ctl, implicit):
     end = time.monotonic() + 30
     while time.monotonic() < end:
         dev = ibdev()
-        if dev and recoveries(dev) > rec_before:
+        if dev and counter(dev, "recoveries") > rec_before:
             break
         time.sleep(0.1)
     else:
@@ -175,7 +170,7 @@ def scenario(ctl, implicit):
     ok = kind == e.IBV_EVENT_DEVICE_FATAL and dev is not None and \
         module_loads() == loaded
     detail = (f"async event {kind} (DEVICE_FATAL is {e.IBV_EVENT_DEVICE_FATAL}), "
-              f"ib_device {dev}, recoveries {rec_before} -> {recoveries(dev) if dev else '?'}, "
+              f"ib_device {dev}, recoveries {rec_before} -> {counter(dev, 'recoveries') if dev else '?'}, "
               f"module {'not ' if module_loads() == loaded else ''}reloaded")
     if ok:
         ctx = Context(name=dev)
