@@ -48,6 +48,13 @@ counters! {
     inv_acks_withheld,
     /// Invalidations a fault plan delayed.
     inv_acks_delayed,
+    /// MAP_PAGES completions a fault plan delayed (executed at once).
+    map_pages_delayed,
+    /// DESTROY_MR commands a fault plan left pending.
+    destroys_delayed,
+    /// Accesses through a key after its DESTROY_MR began (only a pending
+    /// DESTROY_MR leaves such a window).
+    accesses_after_destroy,
     /// Invalidations of an unknown key or a range outside the MR.
     bad_invalidations,
     /// Invalidations a rogue fault plan ignored (translations kept).

@@ -262,6 +262,18 @@ impl Dma {
         } else {
             Verdict::Dead(ViolationKind::Unmapped, None)
         };
+        if oracle.destroying(acc.key) {
+            // legal (the driver has not taken the page back), but the
+            // window a driver must not rely on: say so, every time
+            Counters::inc(&self.counters.accesses_after_destroy);
+            log::warn!(
+                "access through key {:#x} after its DESTROY_MR began: qpn {:#x} iova {:#x} gpa {:#x}",
+                acc.key,
+                acc.qpn,
+                acc.iova,
+                acc.gpa
+            );
+        }
         let Verdict::Dead(kind, inv_seq) = verdict else {
             return Ok(());
         };

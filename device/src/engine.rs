@@ -195,6 +195,20 @@ struct Completion {
     len: u32,
 }
 
+/// A command a fault plan (`delay_map_pages`, `delay_destroy_mr`) holds
+/// back: its completion is posted at `due`, after the rest of a pending
+/// `DESTROY_MR` (`destroy`) is done.
+struct Delayed {
+    due: Instant,
+    cmd: Command,
+    destroy: Option<u32>,
+    completion: Completion,
+}
+
+/// At most this many commands are held back at once (a command queue's
+/// worth); beyond it a delay plan does not fire.
+const MAX_DELAYED: usize = 64;
+
 /// The engine state, owned by its thread.
 pub struct Engine {
     pub(crate) sh: Arc<Shared>,
@@ -223,6 +237,11 @@ pub struct Engine {
     expired: VecDeque<u32>,
     next_token: u32,
     acks: VecDeque<(Instant, u32)>,
+    /// Commands held back by a delay plan, with their completions.
+    delayed: VecDeque<Delayed>,
+    /// Set by `execute` when a delay plan fired for the command: when its
+    /// completion is due and the key whose destruction is pending.
+    delay: Option<(Instant, Option<u32>)>,
     deferred: VecDeque<Pending>,
     /// A command whose completion waits for bus mastering.
     pending_cmd: Option<Completion>,
@@ -330,6 +349,8 @@ impl Engine {
             expired: VecDeque::new(),
             next_token: 1,
             acks: VecDeque::new(),
+            delayed: VecDeque::new(),
+            delay: None,
             deferred: VecDeque::new(),
             pending_cmd: None,
             owed_irq: [false; 2],
@@ -375,13 +396,17 @@ impl Engine {
             .filter_map(|p| p.access.as_ref().map(|a| a.deadline))
             .min();
         let deferred = self.deferred.iter().map(|p| p.deadline).min();
+        let delayed = self.delayed.iter().map(|d| d.due).min();
         let rnr = self
             .rnr
             .values()
             .filter(|w| w.waiting)
             .map(|w| w.deadline)
             .min();
-        [acks, parked, deferred, rnr].into_iter().flatten().min()
+        [acks, parked, deferred, delayed, rnr]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn tick(&mut self) {
@@ -391,6 +416,7 @@ impl Engine {
                 self.ack(seq);
             }
         }
+        self.finish_delayed(now);
         let expired: Vec<u32> = self
             .parked
             .iter()
@@ -430,6 +456,7 @@ impl Engine {
                 self.cmdq = None;
                 self.eq = None;
                 self.pending_cmd = None;
+                self.drop_delayed();
             }
             EngineMsg::CmdNotify => self.process_cmdq(),
             EngineMsg::EqNotify => self.flush_events(),
@@ -444,7 +471,13 @@ impl Engine {
                 start,
                 length,
                 seq,
-            } if epoch == self.epoch => self.invalidate(key, start, length, seq),
+            } if epoch == self.epoch => {
+                // "Invalidation doorbell": commands made available before
+                // the doorbell took effect before it (a late MAP_PAGES
+                // cannot outlive the invalidation that follows it)
+                self.process_cmdq();
+                self.invalidate(key, start, length, seq)
+            }
             EngineMsg::Reset { epoch } => self.local_reset(epoch),
             EngineMsg::BusMaster(on) => {
                 self.fenced = !on;
@@ -533,6 +566,7 @@ impl Engine {
         self.backlog.clear();
         self.event_seq = 0;
         self.acks.clear();
+        self.drop_delayed();
         self.pending_cmd = None;
         self.owed_irq = [false; 2];
         self.owed_cqes.clear();
@@ -781,11 +815,21 @@ impl Engine {
                         // the command reset or stopped the device
                         return;
                     }
-                    Completion {
+                    let completion = Completion {
                         head,
                         resp: Some((resp.addr().0, self.response(cmd.as_ref(), status, &out))),
                         len: hw::RESP_SIZE,
+                    };
+                    if let (Some((due, destroy)), Some(cmd)) = (self.delay.take(), cmd) {
+                        self.delayed.push_back(Delayed {
+                            due,
+                            cmd,
+                            destroy,
+                            completion,
+                        });
+                        continue;
                     }
+                    completion
                 }
                 None => {
                     Counters::inc(&self.sh.counters.commands);
@@ -868,6 +912,7 @@ impl Engine {
     }
 
     fn execute(&mut self, cmd: &Command, data: &[Descriptor]) -> (u16, [u8; 56]) {
+        self.delay = None;
         let mut out = Out([0; 56]);
         let r: Result<(), MrError> = match cmd.opcode {
             hw::CMD_NOP => Ok(()),
@@ -888,8 +933,33 @@ impl Engine {
                     out.u32(0, key)
                 })
             }
-            hw::CMD_DESTROY_MR => self.destroy_mr(cmd.u32(0)),
-            hw::CMD_MAP_PAGES => return self.map_pages(cmd, data),
+            hw::CMD_DESTROY_MR => match self.delay_plan(FaultKind::DelayDestroyMr) {
+                Some(due) if self.tables.get(cmd.u32(0)).is_some() => {
+                    let key = cmd.u32(0);
+                    Counters::inc(&self.sh.counters.destroys_delayed);
+                    log::warn!("fault plan: DESTROY_MR of key {key:#x} is left pending");
+                    self.sh
+                        .oracle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .begin_destroy(key);
+                    self.delay = Some((due, Some(key)));
+                    Ok(())
+                }
+                _ => self.destroy_mr(cmd.u32(0)),
+            },
+            hw::CMD_MAP_PAGES => {
+                let r = self.map_pages(cmd, data);
+                if let Some(due) = self.delay_plan(FaultKind::DelayMapPages) {
+                    Counters::inc(&self.sh.counters.map_pages_delayed);
+                    log::warn!(
+                        "fault plan: MAP_PAGES (cookie {}) completes late",
+                        cmd.cookie
+                    );
+                    self.delay = Some((due, None));
+                }
+                return r;
+            }
             hw::CMD_RESUME => return self.resume(cmd.u32(0), cmd.u32(4)),
             hw::CMD_QUERY_MR => match self.tables.get(cmd.u32(0)) {
                 Some(mr) => {
@@ -929,6 +999,55 @@ impl Engine {
             Err(e) => {
                 log::debug!("command {:#x}: {e}", cmd.opcode);
                 (e.status(), out.0)
+            }
+        }
+    }
+
+    /// A chance for a delay plan: when the held-back command is due.
+    fn delay_plan(&self, kind: FaultKind) -> Option<Instant> {
+        if self.delayed.len() >= MAX_DELAYED {
+            return None;
+        }
+        let ms = self.sh.fire(kind)?;
+        Some(Instant::now() + Duration::from_millis(ms))
+    }
+
+    /// Completes the held-back commands that are due (finishing a pending
+    /// `DESTROY_MR` first), unless bus mastering is off: they wait for it.
+    fn finish_delayed(&mut self, now: Instant) {
+        if self.fenced || self.fatal {
+            return;
+        }
+        let mut done = 0;
+        while let Some(i) = self.delayed.iter().position(|d| d.due <= now) {
+            let Some(mut d) = self.delayed.remove(i) else {
+                break;
+            };
+            if let Some(key) = d.destroy {
+                let status = match self.destroy_mr(key) {
+                    Ok(()) => hw::STATUS_OK,
+                    Err(e) => e.status(),
+                };
+                if let Some((_, raw)) = d.completion.resp.as_mut() {
+                    *raw = self.response(Some(&d.cmd), status, &[0; 56]);
+                }
+            }
+            match self.complete(d.completion) {
+                Ok(()) => done += 1,
+                Err(code) => return self.stop_on(code),
+            }
+        }
+        if done > 0 {
+            self.notify(hw::VEC_CMD);
+        }
+    }
+
+    /// The queue went away (disable, reset): held-back commands are
+    /// forgotten with it, and pending destructions end now.
+    fn drop_delayed(&mut self) {
+        for d in std::mem::take(&mut self.delayed) {
+            if let Some(key) = d.destroy {
+                let _ = self.destroy_mr(key);
             }
         }
     }

@@ -25,12 +25,12 @@ pub enum FaultPlanError {
     /// The probability is not within 0..=1.
     #[error("probability must be within 0..=1")]
     BadProbability,
-    /// `delay_inv_ack` needs a delay in milliseconds.
-    #[error("`delay_inv_ack` needs a delay: delay_inv_ack=MS")]
-    MissingDelay,
+    /// A `delay_*` kind needs a delay in milliseconds.
+    #[error("`{0}` needs a delay: {0}=MS")]
+    MissingDelay(FaultKind),
 }
 
-const KINDS: &str = "delay_inv_ack, never_ack, drop_fault, dup_fault, fail_resume, fail_dma, \
+const KINDS: &str = "delay_inv_ack, delay_map_pages, delay_destroy_mr, never_ack, drop_fault, dup_fault, fail_resume, fail_dma, \
                      device_error, reset, kill, rogue_record, rogue_write";
 
 /// What a rule does.
@@ -39,6 +39,13 @@ const KINDS: &str = "delay_inv_ack, never_ack, drop_fault, dup_fault, fail_resum
 pub enum FaultKind {
     /// Acknowledge an invalidation `ms` milliseconds late.
     DelayInvAck,
+    /// Execute a `MAP_PAGES` at once but complete it `ms` milliseconds
+    /// late (a device slower than the driver's command timeout).
+    DelayMapPages,
+    /// Begin a `DESTROY_MR` but finish it (drop the key, complete the
+    /// command) `ms` milliseconds later; the key keeps working meanwhile and
+    /// every access through it is logged and counted.
+    DelayDestroyMr,
     /// Never acknowledge an invalidation.
     NeverAck,
     /// Do not post a page-fault event (the access stays parked).
@@ -69,6 +76,8 @@ impl FromStr for FaultKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.replace('-', "_").as_str() {
             "delay_inv_ack" => FaultKind::DelayInvAck,
+            "delay_map_pages" => FaultKind::DelayMapPages,
+            "delay_destroy_mr" => FaultKind::DelayDestroyMr,
             "never_ack" => FaultKind::NeverAck,
             "drop_fault" => FaultKind::DropFault,
             "dup_fault" => FaultKind::DupFault,
@@ -104,7 +113,7 @@ fn default_probability() -> f64 {
 pub struct FaultRule {
     /// What it does.
     pub kind: FaultKind,
-    /// Argument: the delay in milliseconds for `delay_inv_ack`, else 0.
+    /// Argument: the delay in milliseconds for the `delay_*` kinds, else 0.
     #[serde(default)]
     pub ms: u64,
     /// How many more times it may fire; `None` is unlimited.
@@ -124,8 +133,12 @@ impl FaultRule {
         if !(0.0..=1.0).contains(&self.probability) {
             return Err(FaultPlanError::BadProbability);
         }
-        if self.kind == FaultKind::DelayInvAck && self.ms == 0 {
-            return Err(FaultPlanError::MissingDelay);
+        let delay = matches!(
+            self.kind,
+            FaultKind::DelayInvAck | FaultKind::DelayMapPages | FaultKind::DelayDestroyMr
+        );
+        if delay && self.ms == 0 {
+            return Err(FaultPlanError::MissingDelay(self.kind));
         }
         Ok(())
     }
@@ -267,6 +280,15 @@ mod tests {
         assert_eq!(s.seed, Some(7));
         assert!("bogus".parse::<FaultSpec>().is_err());
         assert!("delay_inv_ack".parse::<FaultSpec>().is_err());
+        let s: FaultSpec = "delay_destroy_mr=500".parse().unwrap();
+        assert_eq!(s.rule.kind, FaultKind::DelayDestroyMr);
+        assert_eq!(s.rule.ms, 500);
+        let s: FaultSpec = "delay-map-pages=9,count=1".parse().unwrap();
+        assert_eq!(s.rule.kind, FaultKind::DelayMapPages);
+        assert_eq!(
+            "delay_map_pages".parse::<FaultSpec>(),
+            Err(FaultPlanError::MissingDelay(FaultKind::DelayMapPages))
+        );
         assert!("never_ack,prob=2".parse::<FaultSpec>().is_err());
         assert!("never_ack,count=x".parse::<FaultSpec>().is_err());
     }

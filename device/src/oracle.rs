@@ -5,7 +5,7 @@
 //! and not since invalidated, revoked or destroyed). Every DMA the data
 //! engine performs through an MR is checked against it first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -88,6 +88,8 @@ pub struct Oracle {
     records: Vec<Violation>,
     count: u64,
     dead: u64,
+    /// Keys whose `DESTROY_MR` began and has not finished.
+    destroying: HashSet<u32>,
 }
 
 impl Oracle {
@@ -148,11 +150,24 @@ impl Oracle {
     /// The MR was destroyed: forget its pages.
     pub fn forget(&mut self, key: u32) {
         self.pages.remove(&key);
+        self.destroying.remove(&key);
+    }
+
+    /// `DESTROY_MR` of `key` began; it finishes with `forget`. Its live
+    /// translations stay live until then.
+    pub fn begin_destroy(&mut self, key: u32) {
+        self.destroying.insert(key);
+    }
+
+    /// Whether `DESTROY_MR` of `key` began and has not finished.
+    pub fn destroying(&self, key: u32) -> bool {
+        self.destroying.contains(&key)
     }
 
     /// Forget every MR (device reset). Violation records stay.
     pub fn reset(&mut self) {
         self.pages.clear();
+        self.destroying.clear();
     }
 
     /// Is the access to page `page` of `key` at `gpa` through a live translation?

@@ -1218,6 +1218,93 @@ fn fault_plan_delay_inv_ack() {
     // the vfio-user message loop was never blocked meanwhile
 }
 
+/// Waits (bounded) until the device's counter `name` reaches `n`.
+fn wait_counter(td: &TestDevice, name: &str, n: u64) -> bool {
+    let t = Instant::now();
+    while td.counter(name) < n {
+        if t.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+fn write8(td: &TestDevice, key: u32, va: u64, byte: u8) -> Value {
+    inject(
+        td,
+        json!({"op": "write", "rkey": key, "va": va,
+        "pattern": {"byte": byte, "length": 8}, "timeout_ms": 300}),
+    )
+    .join()
+    .unwrap()
+}
+
+/// `delay_destroy_mr`: the key works until the DESTROY_MR completes, every
+/// access meanwhile is counted, and invalidations are still honoured.
+#[test]
+fn fault_plan_delay_destroy_mr() {
+    let td = TestDevice::start(true, plan(&["delay_destroy_mr=3000,count=1"]));
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 2);
+    d.map_pages(key, MR_IOVA, DATA, 2);
+    d.post_cmd(hw::CMD_DESTROY_MR, &key.to_le_bytes(), None);
+    assert!(wait_counter(&td, "destroys_delayed", 1));
+    assert_eq!(td.counter("accesses_after_destroy"), 0);
+    assert_eq!(write8(&td, key, MR_IOVA, 5)["status"], "success");
+    assert_eq!(d.ram.read(DATA, 8), vec![5; 8]);
+    assert_eq!(td.counter("accesses_after_destroy"), 1);
+    d.invalidate(key, MR_IOVA, 4096, 1);
+    assert!(
+        d.wait_inv_ack(1, Duration::from_secs(5)),
+        "acknowledged while pending"
+    );
+    let r = write8(&td, key, MR_IOVA, 6);
+    assert_eq!(r["status"], "timeout", "{r}");
+    assert_eq!(r["faults"], 1, "the invalidated page faults");
+    assert_eq!(d.ram.read(DATA, 8), vec![5; 8]);
+    assert_eq!(write8(&td, key, MR_IOVA + 4096, 7)["status"], "success");
+    let len = d
+        .wait_cmd_for(Duration::from_secs(30))
+        .expect("DESTROY_MR completes");
+    assert_eq!(d.cmd_resp(hw::CMD_DESTROY_MR, len).status, hw::STATUS_OK);
+    let r = write8(&td, key, MR_IOVA + 4096, 8);
+    assert_eq!(r["status"], "remote_access_error", "{r}");
+    assert_eq!(d.ram.read(DATA + 4096, 8), vec![7; 8]);
+    assert_eq!(td.counter("accesses_after_destroy"), 2);
+    assert_eq!(td.counter("violations"), 0);
+    // without the plan, DESTROY_MR completes at once
+    let pd = d.create_pd();
+    let key2 = d.create_mr(pd, hw::MR_ODP, MR_IOVA, 4096);
+    assert_eq!(d.key_cmd(hw::CMD_DESTROY_MR, key2).status, hw::STATUS_OK);
+    assert_eq!(td.counter("destroys_delayed"), 1);
+}
+
+/// `delay_map_pages`: the translation is installed at once and the
+/// completion comes late; an invalidation made after it is not undone by
+/// the late completion ("Invalidation doorbell": commands before the
+/// doorbell take effect before it).
+#[test]
+fn fault_plan_delay_map_pages() {
+    let td = TestDevice::start(true, plan(&["delay_map_pages=2000,count=1"]));
+    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
+    let e = [(RAM_GPA + DATA) | hw::PTE_READ | hw::PTE_WRITE];
+    d.post_map_pages(key, 0, MR_IOVA, &e);
+    assert!(wait_counter(&td, "map_pages_delayed", 1));
+    assert_eq!(write8(&td, key, MR_IOVA, 3)["status"], "success");
+    assert_eq!(d.ram.read(DATA, 8), vec![3; 8]);
+    d.invalidate(key, MR_IOVA, 4096, 1);
+    assert!(d.wait_inv_ack(1, Duration::from_secs(5)));
+    let len = d
+        .wait_cmd_for(Duration::from_secs(30))
+        .expect("MAP_PAGES completes");
+    assert_eq!(d.cmd_resp(hw::CMD_MAP_PAGES, len).status, hw::STATUS_OK);
+    let r = write8(&td, key, MR_IOVA, 4);
+    assert_eq!(r["status"], "timeout", "no stale translation: {r}");
+    assert_eq!(r["faults"], 1);
+    assert_eq!(d.ram.read(DATA, 8), vec![3; 8]);
+    assert_eq!(td.counter("violations"), 0);
+}
+
 #[test]
 fn fault_plan_never_ack() {
     let td = TestDevice::start(true, plan(&["never_ack,count=1"]));

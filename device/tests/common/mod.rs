@@ -399,6 +399,14 @@ impl Driver {
 
     /// Runs a command with optional data buffer; returns the response.
     pub fn cmd(&mut self, opcode: u16, args: &[u8], data: Option<&[u8]>) -> Resp {
+        self.post_cmd(opcode, args, data);
+        let used_len = self.wait_cmd().expect("command did not complete");
+        self.cmd_resp(opcode, used_len)
+    }
+
+    /// Makes a command available without waiting for it; `wait_cmd` and
+    /// `cmd_resp` finish it (one command in flight at a time).
+    pub fn post_cmd(&mut self, opcode: u16, args: &[u8], data: Option<&[u8]>) {
         self.cookie = self.cookie.wrapping_add(1);
         let mut req = [0u8; 64];
         req[0..2].copy_from_slice(&opcode.to_le_bytes());
@@ -413,7 +421,11 @@ impl Driver {
         }
         chain.push((RAM_GPA + CMD_RESP, 64, true));
         self.submit_chain(&chain);
-        let used_len = self.wait_cmd().expect("command did not complete");
+    }
+
+    /// The response of the command `post_cmd` made available, once the
+    /// used ring said it completed with `used_len` bytes.
+    pub fn cmd_resp(&mut self, opcode: u16, used_len: u32) -> Resp {
         let r = self.ram.read(CMD_RESP, 64);
         let resp = Resp {
             opcode: u16::from_le_bytes([r[0], r[1]]),
@@ -505,13 +517,20 @@ impl Driver {
     }
 
     pub fn map_pages_raw(&mut self, key: u32, flags: u32, iova: u64, entries: &[u64]) -> Resp {
+        self.post_map_pages(key, flags, iova, entries);
+        let used_len = self.wait_cmd().expect("command did not complete");
+        self.cmd_resp(hw::CMD_MAP_PAGES, used_len)
+    }
+
+    /// `MAP_PAGES` made available, not waited for (see `post_cmd`).
+    pub fn post_map_pages(&mut self, key: u32, flags: u32, iova: u64, entries: &[u64]) {
         let mut a = [0u8; 20];
         a[0..4].copy_from_slice(&key.to_le_bytes());
         a[4..8].copy_from_slice(&flags.to_le_bytes());
         a[8..16].copy_from_slice(&iova.to_le_bytes());
         a[16..20].copy_from_slice(&(entries.len() as u32).to_le_bytes());
         let data: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
-        self.cmd(hw::CMD_MAP_PAGES, &a, Some(&data))
+        self.post_cmd(hw::CMD_MAP_PAGES, &a, Some(&data));
     }
 
     /// Maps `pages` pages at `iova` to RAM offset `ram_off` (contiguous), RW.
