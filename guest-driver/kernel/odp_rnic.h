@@ -165,7 +165,7 @@ struct odprnic_dev {
 	struct xarray qps;		/* by qpn, for events and poll_cq */
 
 	bool lost;		/* registers read all-ones: device gone */
-	unsigned long fence_once;
+	spinlock_t fence_lock;	/* fenced and bus mastering change together */
 	bool fenced;		/* bus mastering cleared after a timeout */
 
 	/*

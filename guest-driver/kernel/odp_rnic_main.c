@@ -107,10 +107,23 @@ bool odprnic_dev_dead(struct odprnic_dev *dev)
  */
 static void __odprnic_fence(struct odprnic_dev *dev, const char *why)
 {
-	if (test_and_set_bit(0, &dev->fence_once))
+	unsigned long flags;
+	bool first;
+
+	/*
+	 * Every fencer returns only once bus mastering is off: a second one
+	 * (an invalidation timeout racing recovery) about to unmap or unpin
+	 * waits here for the first's config write.
+	 */
+	spin_lock_irqsave(&dev->fence_lock, flags);
+	first = !READ_ONCE(dev->fenced);
+	if (first) {
+		pci_clear_master(dev->pdev);
+		WRITE_ONCE(dev->fenced, true);
+	}
+	spin_unlock_irqrestore(&dev->fence_lock, flags);
+	if (!first)
 		return;
-	pci_clear_master(dev->pdev);
-	WRITE_ONCE(dev->fenced, true);
 	odprnic_cmdq_abort(dev);
 	dev_err(&dev->pdev->dev,
 		"fenced: bus mastering cleared because %s; the device does no DMA until %s\n",
@@ -178,7 +191,7 @@ static void odprnic_health_work(struct work_struct *work)
 		}
 	}
 	if (!READ_ONCE(dev->removing))
-		queue_delayed_work(system_wq, &dev->health_work,
+		queue_delayed_work(system_long_wq, &dev->health_work,
 				   msecs_to_jiffies(period ?: 1000));
 }
 
@@ -383,17 +396,19 @@ static int odprnic_start(struct odprnic_dev *dev)
 	err = odprnic_reset(dev);
 	if (err)
 		return err;
+	spin_lock_irq(&dev->fence_lock);
 	WRITE_ONCE(dev->fenced, false);
-	clear_bit(0, &dev->fence_once);
 	pci_set_master(dev->pdev);
+	spin_unlock_irq(&dev->fence_lock);
 	err = odprnic_enable(dev);
 	if (!err)
 		err = odprnic_cmd_nop(dev);
 	if (err) {
 		/* stop whatever the device began before it failed */
+		spin_lock_irq(&dev->fence_lock);
 		pci_clear_master(dev->pdev);
 		WRITE_ONCE(dev->fenced, true);
-		set_bit(0, &dev->fence_once);
+		spin_unlock_irq(&dev->fence_lock);
 	}
 	return err;
 }
@@ -524,6 +539,7 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	dev->pdev = pdev;
 	pci_set_drvdata(pdev, dev);
 	spin_lock_init(&dev->inv_lock);
+	spin_lock_init(&dev->fence_lock);
 	init_waitqueue_head(&dev->inv_wait);
 	xa_init_flags(&dev->mrs, XA_FLAGS_LOCK_IRQ);
 	xa_init(&dev->cqs);
@@ -587,7 +603,7 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_unlock(&dev->recovery_lock);
 	if (err)
 		goto err_netdev;
-	queue_delayed_work(system_wq, &dev->health_work,
+	queue_delayed_work(system_long_wq, &dev->health_work,
 			   msecs_to_jiffies(odprnic_health_ms ?: 1000));
 	return 0;
 
