@@ -279,6 +279,7 @@ enum odprnic_mr_flags {
 	ODPRNIC_MRF_DEAD,	/* an invalidation timed out: never map again */
 	ODPRNIC_MRF_REVOKED,	/* revocable MR revoked by an invalidation */
 	ODPRNIC_MRF_LIVE,	/* the device knows the key */
+	ODPRNIC_MRF_STOPPING,	/* ODP: deregistration began, map nothing */
 };
 
 /*
@@ -484,7 +485,8 @@ struct odprnic_zap {
 	struct ib_umem_odp *odp;
 	unsigned long start;
 	unsigned long end;
-	u64 iova;
+	u64 iova;		/* the device's range */
+	u64 len;
 	u32 seq;
 	ktime_t t0;
 	int had;		/* implicit children: pages mapped before */
@@ -501,6 +503,7 @@ struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 					  unsigned long end,
 					  struct odprnic_mni_finish **finish);
 void odprnic_odp_zap_wait(struct odprnic_zap *z);
+bool odprnic_odp_may_map(struct odprnic_mr *mr);
 void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
 			   __le64 *ptes);
 int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
@@ -511,7 +514,7 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 struct ib_umem_odp *odprnic_imr_alloc(struct odprnic_dev *dev,
 				      struct odprnic_mr *mr);
 int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-		    u64 iova, u64 len, bool write, bool fault, u32 map_flags);
+		    u64 iova, u64 len, bool fault, u32 map_flags);
 void odprnic_imr_free_children(struct odprnic_mr *mr);
 
 #endif /* ODP_RNIC_H */

@@ -389,6 +389,12 @@ static int __odprnic_cmd_exec(struct odprnic_dev *dev,
 
 	if (odprnic_dev_gone(dev))
 		return -ENODEV;
+	/*
+	 * A slot whose command timed out is the device's until it answers
+	 * (or is reset): its descriptors and buffers must not be reused.
+	 */
+	if (WARN_ON_ONCE(READ_ONCE(s->abandoned)))
+		return -EBUSY;
 
 	s->cmd->opcode = cpu_to_le16(opcode);
 	s->cmd->flags = 0;

@@ -87,9 +87,28 @@ odprnic_compat_reg_user_mr(struct ib_pd *pd, u64 start, u64 len, u64 iova,
 #include <linux/hmm-dma.h>
 #endif
 
-/* access_mask for ib_umem_odp_map_dma_and_lock() */
-static inline u64 odprnic_odp_access_mask(bool write)
+/*
+ * IB_ACCESS_HUGETLB makes the core's page list hold one entry per
+ * 1 << page_shift bytes (HPAGE_SHIFT). Up to 6.15 the core does so
+ * throughout (dma_list[] per entry, pfn_list[] per PAGE_SIZE) and the
+ * driver honours it. From 6.16 the core fills map.pfn_list[] per PAGE_SIZE
+ * but unmaps it per 1 << page_shift (ib_umem_odp_unmap_dma_pages()), so a
+ * page list with larger entries cannot be kept consistent: there the
+ * driver registers with PAGE_SIZE entries (the flag is a hint).
+ */
+#define ODPRNIC_ODP_HUGE_ENTRIES ODPRNIC_ODP_DMA_LIST
+
+/*
+ * access_mask for ib_umem_odp_map_dma_and_lock(): write whenever the umem
+ * is writable, whatever the access that faulted (as mlx5 does). A read
+ * fault must not resync a page the device may have dirtied to read-only:
+ * up to 6.15 ib_umem_odp_unmap_dma_pages() dirties only pages whose entry
+ * still says writable.
+ */
+static inline u64 odprnic_odp_access_mask(struct ib_umem_odp *odp)
 {
+	bool write = odp->umem.writable;
+
 #if ODPRNIC_ODP_DMA_LIST
 	return ODP_READ_ALLOWED_BIT | (write ? ODP_WRITE_ALLOWED_BIT : 0);
 #else
@@ -98,19 +117,23 @@ static inline u64 odprnic_odp_access_mask(bool write)
 }
 
 /*
- * odprnic_odp_page_addr - DMA address of ODP page @idx and whether the
- * device may write it, under umem_mutex after ib_umem_odp_map_dma_and_lock().
- * Returns false when the page is not present (or cannot be DMA-mapped).
+ * odprnic_odp_page_addr - DMA address of PAGE_SIZE page @idx (counted from
+ * ib_umem_start()) and whether the device may write it, under umem_mutex
+ * after ib_umem_odp_map_dma_and_lock(). Returns false when the page is not
+ * present (or cannot be DMA-mapped).
  */
 static inline bool odprnic_odp_page_addr(struct ib_umem_odp *odp, size_t idx,
 					 dma_addr_t *addr, bool *writable)
 {
 #if ODPRNIC_ODP_DMA_LIST
-	dma_addr_t d = odp->dma_list[idx];
+	/* one dma_list[] entry maps 1 << page_shift bytes */
+	unsigned int order = odp->page_shift - PAGE_SHIFT;
+	dma_addr_t d = odp->dma_list[idx >> order];
 
 	if (!(d & ODP_READ_ALLOWED_BIT))
 		return false;
-	*addr = d & ODP_DMA_ADDR_MASK;
+	*addr = (d & ODP_DMA_ADDR_MASK) +
+		((dma_addr_t)(idx & (BIT(order) - 1)) << PAGE_SHIFT);
 	*writable = d & ODP_WRITE_ALLOWED_BIT;
 	return true;
 #else

@@ -178,8 +178,7 @@ odprnic_imr_child_get(struct odprnic_mr *mr, u64 va)
 		if (c)
 			return c;
 
-		if (!test_bit(ODPRNIC_MRF_LIVE, &mr->flags) ||
-		    test_bit(ODPRNIC_MRF_DEAD, &mr->flags))
+		if (!odprnic_odp_may_map(mr))
 			return ERR_PTR(-EFAULT);
 		c = kzalloc(sizeof(*c), GFP_KERNEL);
 		if (!c)
@@ -222,7 +221,7 @@ odprnic_imr_child_get(struct odprnic_mr *mr, u64 va)
  */
 static int odprnic_imr_child_map(struct odprnic_imr_child *c,
 				 struct odprnic_cmd_slot *s, u64 va, u64 len,
-				 bool write, bool fault, u32 map_flags)
+				 bool fault, u32 map_flags)
 {
 	struct ib_umem_odp *odp = c->odp;
 	struct odprnic_mr *mr = c->mr;
@@ -236,7 +235,7 @@ static int odprnic_imr_child_map(struct odprnic_imr_child *c,
 
 		ret = ib_umem_odp_map_dma_and_lock(odp, va,
 						   (u64)n << PAGE_SHIFT,
-						   odprnic_odp_access_mask(write),
+						   odprnic_odp_access_mask(odp),
 						   fault);
 		if (ret < 0) {
 			/* nothing there (yet): do not keep an empty child */
@@ -251,8 +250,7 @@ static int odprnic_imr_child_map(struct odprnic_imr_child *c,
 			mutex_unlock(&odp->umem_mutex);
 			return -EAGAIN;
 		}
-		if (!test_bit(ODPRNIC_MRF_LIVE, &mr->flags) ||
-		    test_bit(ODPRNIC_MRF_DEAD, &mr->flags)) {
+		if (!odprnic_odp_may_map(mr)) {
 			mutex_unlock(&odp->umem_mutex);
 			return -EFAULT;
 		}
@@ -279,7 +277,7 @@ static int odprnic_imr_child_map(struct odprnic_imr_child *c,
  * are -EFAULT.
  */
 int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-		    u64 iova, u64 len, bool write, bool fault, u32 map_flags)
+		    u64 iova, u64 len, bool fault, u32 map_flags)
 {
 	u64 pos, end;
 	int err;
@@ -294,7 +292,7 @@ int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 
 		if (IS_ERR(c))
 			return PTR_ERR(c);
-		err = odprnic_imr_child_map(c, s, pos, next - pos, write, fault,
+		err = odprnic_imr_child_map(c, s, pos, next - pos, fault,
 					    map_flags);
 		odprnic_imr_child_unuse(c);
 		if (err)

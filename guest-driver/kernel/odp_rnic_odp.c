@@ -19,24 +19,88 @@
 #define ODPRNIC_PREFETCH_TRIES	16
 
 /*
+ * The part of user VAs [@start, @end) that the device may hold for @odp:
+ * whole entries of the core's page list (ib_umem_odp_unmap_dma_pages()
+ * unmaps an entry of 1 << page_shift bytes (IB_ACCESS_HUGETLB) as a
+ * whole, whatever part of it the range covers). False when none.
+ */
+static bool odprnic_odp_span(struct ib_umem_odp *odp, unsigned long *start,
+			     unsigned long *end)
+{
+	unsigned long size = BIT(odp->page_shift);
+
+	*start = max_t(unsigned long, ALIGN_DOWN(*start, size),
+		       ib_umem_start(odp));
+	*end = min_t(unsigned long, ALIGN(*end, size), ib_umem_end(odp));
+	return *start < *end;
+}
+
+/*
+ * The device's IOVA range for user VAs [@start, @end) of @mr: the pages of
+ * the MR in it (table entries follow the pages of the IOVA range, and IOVA
+ * and VA share their offset in the page). False when it holds none.
+ */
+static bool odprnic_odp_dev_range(struct odprnic_mr *mr, u64 start, u64 end,
+				  u64 *iova, u64 *len)
+{
+	u64 first = mr->start & PAGE_MASK;
+
+	if (mr->mode != ODPRNIC_MR_IMPLICIT) {
+		start = max(start, first);
+		end = min(end, PAGE_ALIGN(mr->start + mr->length));
+	}
+	if (start >= end)
+		return false;
+	*iova = (mr->iova & PAGE_MASK) + (start - first);
+	*len = end - start;
+	return true;
+}
+
+/*
+ * Whether the device may hold translations of @mr: from CREATE_MR until
+ * DESTROY_MR completed (ODPRNIC_MRF_LIVE), under the umem_mutex of the
+ * umem being invalidated. While DESTROY_MR runs the key is still live in
+ * the device ("DESTROY_MR" in docs/hardware.md): an invalidation then must
+ * still ring the doorbell and wait.
+ */
+static bool odprnic_odp_device_holds(struct odprnic_mr *mr,
+				     struct ib_umem_odp *odp)
+{
+	return mr && odp->npages && test_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+}
+
+/*
+ * Whether a fault or prefetch may still map pages of @mr: not once
+ * deregistration began (ODPRNIC_MRF_STOPPING) or an invalidation timed
+ * out. Under the umem_mutex of the umem it maps.
+ */
+bool odprnic_odp_may_map(struct odprnic_mr *mr)
+{
+	return test_bit(ODPRNIC_MRF_LIVE, &mr->flags) &&
+	       !test_bit(ODPRNIC_MRF_STOPPING, &mr->flags) &&
+	       !test_bit(ODPRNIC_MRF_DEAD, &mr->flags);
+}
+
+/*
  * odprnic_odp_zap - the heart of an ODP notifier, under @odp's umem_mutex:
- * take [@start, @end) (user VAs inside @odp) of @mr away from the device
- * and wait, bounded, until it confirms; then unmap the pages. @mr is NULL
- * while the umem is being set up.
+ * take [@start, @end) (user VAs inside @odp, whole page-list entries) of
+ * @mr away from the device and wait, bounded, until it confirms; then
+ * unmap the pages. @mr is NULL while the umem is being set up.
  */
 static void odprnic_odp_zap(struct odprnic_mr *mr, struct ib_umem_odp *odp,
 			    unsigned long start, unsigned long end)
 {
+	u64 iova, len;
 	int err;
 
 	lockdep_assert_held(&odp->umem_mutex);
 	/* nothing mapped, nothing the device can reach */
-	if (!mr || !odp->npages || !test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
+	if (!odprnic_odp_device_holds(mr, odp) ||
+	    !odprnic_odp_dev_range(mr, start, end, &iova, &len))
 		goto unmap;
 
 	atomic64_inc(&mr->invalidations);
-	err = odprnic_invalidate(mr->dev, mr->key,
-				 mr->iova + (start - mr->start), end - start);
+	err = odprnic_invalidate(mr->dev, mr->key, iova, len);
 	if (err == -ETIMEDOUT) {
 		/*
 		 * The device did not confirm it stopped touching the pages,
@@ -66,8 +130,8 @@ static struct odprnic_zap *odprnic_odp_zap_alloc(struct odprnic_mr *mr,
 						 bool second_pass)
 {
 	/* 7.3: no allocation that may reclaim under umem_mutex */
-	if (!second_pass || !READ_ONCE(odprnic_two_pass) || !mr ||
-	    !odp->npages || !test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
+	if (!second_pass || !READ_ONCE(odprnic_two_pass) ||
+	    !odprnic_odp_device_holds(mr, odp))
 		return NULL;
 	return kzalloc(sizeof(struct odprnic_zap), GFP_NOWAIT);
 }
@@ -85,9 +149,14 @@ struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 					  struct odprnic_mni_finish **finish)
 {
 	struct odprnic_zap *z;
+	u64 iova, len;
 
 	lockdep_assert_held(&odp->umem_mutex);
-	z = odprnic_odp_zap_alloc(mr, odp, finish);
+	if (!odprnic_odp_span(odp, &start, &end))
+		return NULL;
+	z = NULL;
+	if (odprnic_odp_dev_range(mr, start, end, &iova, &len))
+		z = odprnic_odp_zap_alloc(mr, odp, finish);
 	if (!z) {
 		odprnic_odp_zap(mr, odp, start, end);
 		return NULL;
@@ -97,11 +166,11 @@ struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 	z->odp = odp;
 	z->start = start;
 	z->end = end;
-	z->iova = mr->iova + (start - mr->start);
+	z->iova = iova;
+	z->len = len;
 	z->t0 = ktime_get();
 	z->base.notifier = &odp->notifier;
-	if (odprnic_inv_submit(mr->dev, mr->key, z->iova, end - start,
-			       &z->seq)) {
+	if (odprnic_inv_submit(mr->dev, mr->key, z->iova, z->len, &z->seq)) {
 		/* gone or fenced: the device reaches nothing any more */
 		ib_umem_odp_unmap_dma_pages(odp, start, end);
 		kfree(z);
@@ -119,8 +188,8 @@ void odprnic_odp_zap_wait(struct odprnic_zap *z)
 {
 	struct odprnic_mr *mr = z->mr;
 
-	if (odprnic_inv_wait(mr->dev, z->seq, mr->key, z->iova,
-			     z->end - z->start, z->t0) == -ETIMEDOUT) {
+	if (odprnic_inv_wait(mr->dev, z->seq, mr->key, z->iova, z->len,
+			     z->t0) == -ETIMEDOUT) {
 		set_bit(ODPRNIC_MRF_DEAD, &mr->flags);
 		odprnic_fence(mr->dev, "an ODP invalidation was not acknowledged");
 	}
@@ -197,7 +266,9 @@ int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
 		odp = odprnic_imr_alloc(dev, mr);
 	else
 		odp = ib_umem_odp_get(mr->ibmr.device, mr->start, mr->length,
-				      mr->access, &odprnic_odp_mn_ops);
+				      ODPRNIC_ODP_HUGE_ENTRIES ? mr->access :
+				      mr->access & ~IB_ACCESS_HUGETLB,
+				      &odprnic_odp_mn_ops);
 	if (IS_ERR(odp))
 		return PTR_ERR(odp);
 	mr->odp = odp;
@@ -221,16 +292,32 @@ int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
 	return 0;
 }
 
-/* Stop the device using the MR: DESTROY_MR fails parked accesses too. */
+/*
+ * Stop the device using the MR: DESTROY_MR fails parked accesses too.
+ * Until it completed the device may still reach every page it holds, so
+ * the notifiers keep invalidating through the key (LIVE stays set) while
+ * faults and prefetches map nothing more (STOPPING). LIVE goes only once
+ * the device dropped the key (or a fence made it harmless), under the
+ * umem_mutex a notifier of an explicit MR tests it under; the children of
+ * an implicit MR test it under their own, which is safe for the same
+ * reason: by then the device holds nothing a notifier could take back.
+ */
 int odprnic_odp_stop(struct odprnic_mr *mr)
 {
 	struct ib_umem_odp *odp = mr->odp;
-	bool live;
+	int err = 0;
 
 	mutex_lock(&odp->umem_mutex);
-	live = test_and_clear_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	set_bit(ODPRNIC_MRF_STOPPING, &mr->flags);
 	mutex_unlock(&odp->umem_mutex);
-	return live ? odprnic_cmd_destroy_mr(mr->dev, mr->key) : 0;
+	if (test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
+		err = odprnic_cmd_destroy_mr(mr->dev, mr->key);
+	if (err == -ETIMEDOUT || err == -EIO)
+		odprnic_fence(mr->dev, "DESTROY_MR did not complete");
+	mutex_lock(&odp->umem_mutex);
+	clear_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	mutex_unlock(&odp->umem_mutex);
+	return err;
 }
 
 void odprnic_odp_dereg(struct odprnic_mr *mr)
@@ -267,20 +354,24 @@ void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
 /*
  * Map [@iova, @iova + @len) of @mr into the device: fault the pages in,
  * then MAP_PAGES under umem_mutex so that an invalidation cannot slip in
- * between (it waits for the mutex and then zaps what we wrote).
+ * between (it waits for the mutex and then zaps what we wrote). A
+ * MAP_PAGES that does not complete in time stays the device's (its slot
+ * with it) and recovery is on its way; one that completes late cannot
+ * outlive a later invalidation, since the device executes the commands
+ * made available before a doorbell before it acknowledges the doorbell
+ * ("Invalidation doorbell" in docs/hardware.md).
  */
 static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-			   u64 iova, u64 len, bool write, bool fault,
-			   u32 map_flags)
+			   u64 iova, u64 len, bool fault, u32 map_flags)
 {
 	struct ib_umem_odp *odp = mr->odp;
 	u64 mr_first = mr->iova & PAGE_MASK;
+	u64 va_first = mr->start & PAGE_MASK;
 	u64 mr_end, pos, end;
 	int err = 0;
 
 	if (mr->mode == ODPRNIC_MR_IMPLICIT)
-		return odprnic_imr_map(mr, s, iova, len, write, fault,
-				       map_flags);
+		return odprnic_imr_map(mr, s, iova, len, fault, map_flags);
 	/*
 	 * The device asks for whole pages ("Page faults"), which reach past
 	 * the bytes of an MR that does not start and end on page boundaries
@@ -296,20 +387,19 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 
 	while (pos < end) {
 		u32 n = min_t(u64, (end - pos) >> PAGE_SHIFT, ODPRNIC_MAP_MAX);
-		u64 va = ib_umem_start(odp) + (pos - mr_first);
+		u64 va = va_first + (pos - mr_first);
 		u64 bcnt = min_t(u64, (u64)n << PAGE_SHIFT,
 				 ib_umem_end(odp) - va);
 		size_t idx = (va - ib_umem_start(odp)) >> PAGE_SHIFT;
 		int ret;
 
 		ret = ib_umem_odp_map_dma_and_lock(odp, va, bcnt,
-						   odprnic_odp_access_mask(write),
+						   odprnic_odp_access_mask(odp),
 						   fault);
 		if (ret < 0)
 			return ret;
 		/* umem_mutex is held */
-		if (!test_bit(ODPRNIC_MRF_LIVE, &mr->flags) ||
-		    test_bit(ODPRNIC_MRF_DEAD, &mr->flags)) {
+		if (!odprnic_odp_may_map(mr)) {
 			mutex_unlock(&odp->umem_mutex);
 			return -EFAULT;
 		}
@@ -360,7 +450,7 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	mr = odprnic_mr_get(dev, key);
 	if (mr && odprnic_mr_is_odp(mr)) {
 		atomic64_inc(&mr->faults);
-		err = odprnic_odp_map(mr, s, iova, len, write, true, 0);
+		err = odprnic_odp_map(mr, s, iova, len, true, 0);
 		if (!err || err == -EAGAIN || err == -EBUSY)
 			status = 0;
 		else
@@ -371,6 +461,15 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	if (status)
 		atomic64_inc(&dev->stats.fault_errors);
 	trace_odprnic_resume(token, key, status, err);
+	if (err == -ETIMEDOUT || err == -ENODEV) {
+		/*
+		 * The slot may still be the device's (a MAP_PAGES that did not
+		 * complete), and recovery resets the device, which fails the
+		 * parked access: no RESUME.
+		 */
+		odprnic_cmd_put(dev, s);
+		return;
+	}
 	err = odprnic_cmd_resume(dev, s, token, status);
 	if (err)
 		dev_warn_ratelimited(&dev->pdev->dev,
@@ -382,13 +481,13 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 /* Prefetch one SGE of @mr; a racing invalidation is retried, bounded. */
 static int odprnic_prefetch_one(struct odprnic_mr *mr,
 				struct odprnic_cmd_slot *s, u64 addr, u32 len,
-				bool write, bool fault)
+				bool fault)
 {
 	int tries = ODPRNIC_PREFETCH_TRIES;
 	int err;
 
 	do {
-		err = odprnic_odp_map(mr, s, addr, len, write, fault,
+		err = odprnic_odp_map(mr, s, addr, len, fault,
 				      ODPRNIC_MAP_PREFETCH);
 	} while (err == -EAGAIN && --tries);
 	return err;
@@ -398,7 +497,6 @@ static int odprnic_prefetch_one(struct odprnic_mr *mr,
 struct odprnic_prefetch_work {
 	struct work_struct work;
 	struct odprnic_dev *dev;
-	bool write;
 	bool fault;
 	u32 num_sge;
 	struct {
@@ -423,8 +521,7 @@ static void odprnic_prefetch_work(struct work_struct *work)
 		/* a prefetch is advice: a failure only means a later fault */
 		if (!err)
 			err = odprnic_prefetch_one(mr, s, pw->sg[i].addr,
-						   pw->sg[i].length, pw->write,
-						   pw->fault);
+						   pw->sg[i].length, pw->fault);
 		odprnic_mr_put(mr);
 	}
 	if (err)
@@ -436,7 +533,9 @@ static void odprnic_prefetch_work(struct work_struct *work)
 
 /*
  * advise_mr: prefetch ODP ranges into the device (MAP_PAGES with
- * ODPRNIC_MAP_PREFETCH) so that the first access does not fault.
+ * ODPRNIC_MAP_PREFETCH) so that the first access does not fault. PREFETCH
+ * and PREFETCH_WRITE map alike: writable where the MR is (see
+ * odprnic_odp_access_mask()).
  * PREFETCH_NO_FAULT maps only what is present in the page tables. With
  * IB_UVERBS_ADVISE_MR_FLAG_FLUSH the work is done before returning;
  * without it the SGEs are checked and their MRs held here, and the
@@ -448,7 +547,6 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		      struct uverbs_attr_bundle *attrs)
 {
 	struct odprnic_dev *dev = to_odev(pd->device);
-	bool write = advice == IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE;
 	bool fault = advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT;
 	struct odprnic_prefetch_work *pw;
 	struct odprnic_cmd_slot *s;
@@ -490,7 +588,6 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		}
 		INIT_WORK(&pw->work, odprnic_prefetch_work);
 		pw->dev = dev;
-		pw->write = write;
 		pw->fault = fault;
 		queue_work(dev->wq, &pw->work);
 		return 0;
@@ -507,8 +604,7 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 			err = -EINVAL;
 		else
 			err = odprnic_prefetch_one(mr, s, sg_list[i].addr,
-						   sg_list[i].length, write,
-						   fault);
+						   sg_list[i].length, fault);
 		if (mr)
 			odprnic_mr_put(mr);
 	}
