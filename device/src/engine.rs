@@ -396,7 +396,12 @@ impl Engine {
             .filter_map(|p| p.access.as_ref().map(|a| a.deadline))
             .min();
         let deferred = self.deferred.iter().map(|p| p.deadline).min();
-        let delayed = self.delayed.iter().map(|d| d.due).min();
+        // held back until bus mastering returns or a reset: no timer
+        let delayed = if self.delayed_blocked() {
+            None
+        } else {
+            self.delayed.iter().map(|d| d.due).min()
+        };
         let rnr = self
             .rnr
             .values()
@@ -473,10 +478,13 @@ impl Engine {
                 seq,
             } if epoch == self.epoch => {
                 // "Invalidation doorbell": commands made available before
-                // the doorbell took effect before it (a late MAP_PAGES
-                // cannot outlive the invalidation that follows it)
-                self.process_cmdq();
-                self.invalidate(key, start, length, seq)
+                // the doorbell take effect before it (a late MAP_PAGES
+                // cannot outlive the invalidation that follows it); the
+                // command fault plans wait for a command notification
+                self.run_cmdq(false);
+                if self.epoch == epoch {
+                    self.invalidate(key, start, length, seq);
+                }
             }
             EngineMsg::Reset { epoch } => self.local_reset(epoch),
             EngineMsg::BusMaster(on) => {
@@ -763,6 +771,12 @@ impl Engine {
     }
 
     fn process_cmdq(&mut self) {
+        self.run_cmdq(true);
+    }
+
+    /// Executes the available commands; `plans`: give the command fault
+    /// plans (`device_error`, `reset`, `kill`) their chance at each.
+    fn run_cmdq(&mut self, plans: bool) {
         if self.fatal || self.fenced || self.cmdq.is_none() {
             return;
         }
@@ -774,16 +788,18 @@ impl Engine {
             }
         }
         loop {
-            if self.sh.fire(FaultKind::DeviceError).is_some() {
+            if plans && self.sh.fire(FaultKind::DeviceError).is_some() {
                 log::warn!("fault plan: device error");
                 self.go_fatal(hw::FATAL_INJECTED);
                 return;
             }
-            if self.sh.fire(FaultKind::Reset).is_some() {
+            if plans && self.sh.fire(FaultKind::Reset).is_some() {
                 self.spontaneous_reset();
                 return;
             }
-            self.maybe_kill("command");
+            if plans {
+                self.maybe_kill("command");
+            }
             let (head, descs) = match self.pop(true) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -933,21 +949,7 @@ impl Engine {
                     out.u32(0, key)
                 })
             }
-            hw::CMD_DESTROY_MR => match self.delay_plan(FaultKind::DelayDestroyMr) {
-                Some(due) if self.tables.get(cmd.u32(0)).is_some() => {
-                    let key = cmd.u32(0);
-                    Counters::inc(&self.sh.counters.destroys_delayed);
-                    log::warn!("fault plan: DESTROY_MR of key {key:#x} is left pending");
-                    self.sh
-                        .oracle
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .begin_destroy(key);
-                    self.delay = Some((due, Some(key)));
-                    Ok(())
-                }
-                _ => self.destroy_mr(cmd.u32(0)),
-            },
+            hw::CMD_DESTROY_MR => self.execute_destroy_mr(cmd.u32(0)),
             hw::CMD_MAP_PAGES => {
                 let r = self.map_pages(cmd, data);
                 if let Some(due) = self.delay_plan(FaultKind::DelayMapPages) {
@@ -1003,6 +1005,37 @@ impl Engine {
         }
     }
 
+    /// `DESTROY_MR`, which `delay_destroy_mr` may leave pending. Only the
+    /// pending command ends a pending destruction: another `DESTROY_MR`
+    /// of the key meanwhile is `BUSY` (the key could otherwise be reused
+    /// and the pending one destroy its new MR).
+    fn execute_destroy_mr(&mut self, key: u32) -> Result<(), MrError> {
+        if self.delayed.iter().any(|d| d.destroy == Some(key)) {
+            return Err(MrError::Busy);
+        }
+        if self.tables.get(key).is_none() {
+            return Err(MrError::BadHandle);
+        }
+        let Some(due) = self.delay_plan(FaultKind::DelayDestroyMr) else {
+            return self.destroy_mr(key);
+        };
+        Counters::inc(&self.sh.counters.destroys_delayed);
+        log::warn!("fault plan: DESTROY_MR of key {key:#x} is left pending");
+        self.sh
+            .oracle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin_destroy(key);
+        self.delay = Some((due, Some(key)));
+        Ok(())
+    }
+
+    /// Held-back completions wait: bus mastering is off, the device is
+    /// fatal, or a completion already waits for bus mastering.
+    fn delayed_blocked(&self) -> bool {
+        self.fenced || self.fatal || self.pending_cmd.is_some()
+    }
+
     /// A chance for a delay plan: when the held-back command is due.
     fn delay_plan(&self, kind: FaultKind) -> Option<Instant> {
         if self.delayed.len() >= MAX_DELAYED {
@@ -1015,11 +1048,11 @@ impl Engine {
     /// Completes the held-back commands that are due (finishing a pending
     /// `DESTROY_MR` first), unless bus mastering is off: they wait for it.
     fn finish_delayed(&mut self, now: Instant) {
-        if self.fenced || self.fatal {
-            return;
-        }
         let mut done = 0;
-        while let Some(i) = self.delayed.iter().position(|d| d.due <= now) {
+        while !self.delayed_blocked() {
+            let Some(i) = self.delayed.iter().position(|d| d.due <= now) else {
+                break;
+            };
             let Some(mut d) = self.delayed.remove(i) else {
                 break;
             };
@@ -1032,10 +1065,11 @@ impl Engine {
                     *raw = self.response(Some(&d.cmd), status, &[0; 56]);
                 }
             }
-            match self.complete(d.completion) {
-                Ok(()) => done += 1,
-                Err(code) => return self.stop_on(code),
+            if let Err(code) = self.complete(d.completion) {
+                self.stop_on(code);
+                break;
             }
+            done += 1;
         }
         if done > 0 {
             self.notify(hw::VEC_CMD);

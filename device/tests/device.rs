@@ -10,17 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use odp_rnic::fault_plan::{FaultPlan, FaultSpec};
+use odp_rnic::fault_plan::FaultPlan;
 use odp_rnic::hw;
 use serde_json::{json, Value};
-
-fn plan(specs: &[&str]) -> FaultPlan {
-    let mut p = FaultPlan::default();
-    for s in specs {
-        p.add(s.parse::<FaultSpec>().unwrap().rule);
-    }
-    p
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -31,8 +23,6 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
-
-const MR_IOVA: u64 = 0x7f00_0000_0000;
 
 #[test]
 fn discovery() {
@@ -351,18 +341,6 @@ fn enable_with_bad_queues_is_fatal() {
     d.wr64(hw::REG_EQ_USED, 0x1000); // not DMA-mapped
     d.wr(hw::REG_CONTROL, hw::CONTROL_ENABLE);
     assert_eq!(d.rd(hw::REG_FATAL_CODE), hw::FATAL_BAD_QUEUE);
-}
-
-/// Brings up a device with one ODP MR of `pages` pages at MR_IOVA.
-fn odp_setup(td: &TestDevice, mode: u8, pages: u64) -> (Driver, u32) {
-    let mut d = Driver::up(td);
-    let pd = d.create_pd();
-    let key = if mode == hw::MR_IMPLICIT {
-        d.create_mr(pd, mode, 0, 0)
-    } else {
-        d.create_mr(pd, mode, MR_IOVA, pages * 4096)
-    };
-    (d, key)
 }
 
 /// Answers page faults until the injection `h` returns.
@@ -1190,11 +1168,6 @@ fn unmap_all_uses_the_linux_bit() {
     assert_eq!(ram.read(DATA, 8), vec![4; 8]);
 }
 
-fn set_plan(td: &TestDevice, rule: &str) {
-    let r = td.ctl(json!({"op": "fault_plan", "set": rule}));
-    assert_eq!(r["ok"], true, "{r}");
-}
-
 #[test]
 fn fault_plan_delay_inv_ack() {
     let td = TestDevice::start(true, plan(&["delay_inv_ack=300,count=1"]));
@@ -1216,28 +1189,6 @@ fn fault_plan_delay_inv_ack() {
     assert_eq!(acks, vec![1, 2], "in submission order");
     assert_eq!(td.counter("inv_acks_delayed"), 1);
     // the vfio-user message loop was never blocked meanwhile
-}
-
-/// Waits (bounded) until the device's counter `name` reaches `n`.
-fn wait_counter(td: &TestDevice, name: &str, n: u64) -> bool {
-    let t = Instant::now();
-    while td.counter(name) < n {
-        if t.elapsed() > Duration::from_secs(10) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
-
-fn write8(td: &TestDevice, key: u32, va: u64, byte: u8) -> Value {
-    inject(
-        td,
-        json!({"op": "write", "rkey": key, "va": va,
-        "pattern": {"byte": byte, "length": 8}, "timeout_ms": 300}),
-    )
-    .join()
-    .unwrap()
 }
 
 /// `delay_destroy_mr`: the key works until the DESTROY_MR completes, every

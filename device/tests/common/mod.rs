@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use odp_rnic::control::Control;
 use odp_rnic::device::{Device, DeviceConfig};
-use odp_rnic::fault_plan::FaultPlan;
+use odp_rnic::fault_plan::{FaultPlan, FaultSpec};
 use odp_rnic::hw;
 use serde_json::{json, Value};
 use vfio_user::Client;
@@ -28,14 +28,14 @@ pub const CONFIG: u32 = 7;
 pub const QSIZE: u16 = 16;
 
 // layout of the driver's own structures in RAM (offsets from RAM_GPA)
-const CMDQ_DESC: u64 = 0x1000;
-const CMDQ_AVAIL: u64 = 0x2000;
-const CMDQ_USED: u64 = 0x3000;
+pub const CMDQ_DESC: u64 = 0x1000;
+pub const CMDQ_AVAIL: u64 = 0x2000;
+pub const CMDQ_USED: u64 = 0x3000;
 const EQ_DESC: u64 = 0x4000;
 const EQ_AVAIL: u64 = 0x5000;
 const EQ_USED: u64 = 0x6000;
 const CMD_REQ: u64 = 0x8000;
-const CMD_RESP: u64 = 0x8100;
+pub const CMD_RESP: u64 = 0x8100;
 const CMD_DATA: u64 = 0x9000;
 const EVENT_BUFS: u64 = 0xa000;
 /// First RAM offset free for test data.
@@ -910,4 +910,58 @@ impl Driver {
         }
         out
     }
+}
+
+/// A fault plan of the given specs.
+pub fn plan(specs: &[&str]) -> FaultPlan {
+    let mut p = FaultPlan::default();
+    for s in specs {
+        p.add(s.parse::<FaultSpec>().unwrap().rule);
+    }
+    p
+}
+
+/// Sets a fault plan rule through the control socket.
+pub fn set_plan(td: &TestDevice, rule: &str) {
+    let r = td.ctl(json!({"op": "fault_plan", "set": rule}));
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+/// Waits (bounded) until the device's counter `name` reaches `n`.
+pub fn wait_counter(td: &TestDevice, name: &str, n: u64) -> bool {
+    let t = Instant::now();
+    while td.counter(name) < n {
+        if t.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// An injected 8-byte write of `byte` (300 ms device-side timeout).
+pub fn write8(td: &TestDevice, key: u32, va: u64, byte: u8) -> Value {
+    inject(
+        td,
+        json!({"op": "write", "rkey": key, "va": va,
+            "pattern": {"byte": byte, "length": 8}, "timeout_ms": 300}),
+    )
+    .join()
+    .unwrap()
+}
+
+/// The IOVA of the tests' MRs.
+pub const MR_IOVA: u64 = 0x7f00_0000_0000;
+
+/// A device up, a PD and an MR of `mode` (`pages` pages at `MR_IOVA`, or
+/// implicit).
+pub fn odp_setup(td: &TestDevice, mode: u8, pages: u64) -> (Driver, u32) {
+    let mut d = Driver::up(td);
+    let pd = d.create_pd();
+    let key = if mode == hw::MR_IMPLICIT {
+        d.create_mr(pd, mode, 0, 0)
+    } else {
+        d.create_mr(pd, mode, MR_IOVA, pages * 4096)
+    };
+    (d, key)
 }
