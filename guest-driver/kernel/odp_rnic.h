@@ -62,7 +62,8 @@ struct odprnic_cmd_slot {
 	struct completion done;
 	u16 index;
 	bool busy;
-	bool abandoned;		/* timed out; freed when the device answers */
+	bool abandoned;		/* timed out; the device still owns it */
+	bool released;		/* abandoned and put: free on the answer */
 	bool aborted;		/* woken by a fence: no answer will come */
 	u32 used_len;
 };
@@ -140,6 +141,19 @@ struct odprnic_dev {
 	struct odprnic_eq eq;
 	struct workqueue_struct *wq;
 
+	/*
+	 * Page faults (odp_rnic_odp.c), one work item each on fault_wq: one
+	 * that waits for a page forever (a FUSE daemon that never answers)
+	 * holds neither a command slot nor the event queue nor an MR. Its
+	 * commands are issued under fault_gate (read) and only while
+	 * fault_gen is the one it started in; recovery and removal move
+	 * fault_gen under fault_gate (write) before they restart or tear
+	 * down the command queue.
+	 */
+	struct workqueue_struct *fault_wq;
+	struct rw_semaphore fault_gate;
+	u32 fault_gen;
+
 	/* invalidation doorbell ("Invalidation doorbell") */
 	spinlock_t inv_lock;	/* one writer of the INV_* triple */
 	u32 inv_seq;
@@ -165,7 +179,7 @@ struct odprnic_dev {
 	struct xarray qps;		/* by qpn, for events and poll_cq */
 
 	bool lost;		/* registers read all-ones: device gone */
-	spinlock_t fence_lock;	/* fenced and bus mastering change together */
+	struct mutex fence_lock;	/* fenced and bus mastering together */
 	bool fenced;		/* bus mastering cleared after a timeout */
 
 	/*
@@ -495,15 +509,29 @@ struct odprnic_zap {
 int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr);
 int odprnic_odp_stop(struct odprnic_mr *mr);
 void odprnic_odp_dereg(struct odprnic_mr *mr);
-void odprnic_odp_page_fault(struct odprnic_dev *dev,
-			    const struct odprnic_event *ev);
+void odprnic_faults_cut_off(struct odprnic_dev *dev);
+void odprnic_odp_fault_event(struct odprnic_dev *dev,
+			     const struct odprnic_event *ev);
 struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 					  struct ib_umem_odp *odp,
 					  unsigned long start,
 					  unsigned long end,
 					  struct odprnic_mni_finish **finish);
 void odprnic_odp_zap_wait(struct odprnic_zap *z);
-bool odprnic_odp_may_map(struct odprnic_mr *mr);
+int odprnic_odp_map_present(struct ib_umem_odp *odp, u64 va, u64 bcnt);
+
+/*
+ * Whether a fault or prefetch may still map pages of @mr: not once
+ * deregistration began (ODPRNIC_MRF_STOPPING) or an invalidation timed
+ * out. Final under the umem_mutex of the umem it maps.
+ */
+static inline bool odprnic_odp_may_map(struct odprnic_mr *mr)
+{
+	return test_bit(ODPRNIC_MRF_LIVE, &mr->flags) &&
+	       !test_bit(ODPRNIC_MRF_STOPPING, &mr->flags) &&
+	       !test_bit(ODPRNIC_MRF_DEAD, &mr->flags);
+}
+
 void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
 			   __le64 *ptes);
 int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
@@ -514,7 +542,7 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 struct ib_umem_odp *odprnic_imr_alloc(struct odprnic_dev *dev,
 				      struct odprnic_mr *mr);
 int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-		    u64 iova, u64 len, bool fault, u32 map_flags);
+		    u64 iova, u64 len, u32 map_flags);
 void odprnic_imr_free_children(struct odprnic_mr *mr);
 
 #endif /* ODP_RNIC_H */

@@ -152,6 +152,7 @@ void odprnic_cmdq_restart(struct odprnic_dev *dev)
 	for (i = 0; i < q->nslots; i++) {
 		q->slots[i].busy = false;
 		q->slots[i].abandoned = false;
+		q->slots[i].released = false;
 		q->slots[i].aborted = false;
 	}
 	spin_unlock_irqrestore(&q->lock, flags);
@@ -215,10 +216,17 @@ static void odprnic_cmdq_reap(struct odprnic_dev *dev)
 		}
 		s->used_len = cpu32(e->len);
 		if (s->abandoned) {
-			/* its waiter gave up: the slot is free only now */
+			/*
+			 * Its waiter gave up. The slot is free once both the
+			 * device answered and its owner put it, whichever
+			 * comes last.
+			 */
 			s->abandoned = false;
-			s->busy = false;
-			up(&q->free_slots);
+			if (s->released) {
+				s->released = false;
+				s->busy = false;
+				up(&q->free_slots);
+			}
 			continue;
 		}
 		complete(&s->done);
@@ -284,7 +292,10 @@ void odprnic_cmd_put(struct odprnic_dev *dev, struct odprnic_cmd_slot *s)
 	bool release = false;
 
 	spin_lock_irqsave(&q->lock, flags);
-	if (!s->abandoned) {
+	if (s->abandoned) {
+		/* the device's answer frees it (odprnic_cmdq_reap()) */
+		s->released = true;
+	} else {
 		s->busy = false;
 		release = true;
 	}
@@ -394,7 +405,7 @@ static int __odprnic_cmd_exec(struct odprnic_dev *dev,
 	 * (or is reset): its descriptors and buffers must not be reused.
 	 */
 	if (WARN_ON_ONCE(READ_ONCE(s->abandoned)))
-		return -EBUSY;
+		return -EIO;
 
 	s->cmd->opcode = cpu_to_le16(opcode);
 	s->cmd->flags = 0;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * odp_rnic: every difference between the kernels the driver builds for
- * (Debian 6.12 and 7.3) lives here, decided by feature checks: a macro the
+ * (Debian 6.1, 6.12 and 7.3) lives here, decided by feature checks: a macro the
  * kernel header defines where there is one, otherwise a probe of the
  * headers in Kbuild (ODPRNIC_HAVE_*). The rest of the driver calls only
  * the odprnic_* wrappers below and never names a kernel symbol that is not
@@ -88,22 +88,27 @@ odprnic_compat_reg_user_mr(struct ib_pd *pd, u64 start, u64 len, u64 iova,
 #endif
 
 /*
- * IB_ACCESS_HUGETLB makes the core's page list hold one entry per
- * 1 << page_shift bytes (HPAGE_SHIFT). Up to 6.15 the core does so
- * throughout (dma_list[] per entry, pfn_list[] per PAGE_SIZE) and the
- * driver honours it. From 6.16 the core fills map.pfn_list[] per PAGE_SIZE
- * but unmaps it per 1 << page_shift (ib_umem_odp_unmap_dma_pages()), so a
- * page list with larger entries cannot be kept consistent: there the
- * driver registers with PAGE_SIZE entries (the flag is a hint).
+ * The access flags for ib_umem_odp_get(). IB_ACCESS_HUGETLB makes the
+ * core's dma_list[] hold one entry per 1 << page_shift bytes
+ * (HPAGE_SHIFT); up to 6.15 the driver honours that. From 6.16 the core
+ * fills map.pfn_list[] per PAGE_SIZE but unmaps it per 1 << page_shift
+ * (ib_umem_odp_unmap_dma_pages()), which no driver can keep consistent:
+ * there the MR gets PAGE_SIZE entries (the application's promise that the
+ * memory is huge pages still holds; nothing depends on it).
  */
-#define ODPRNIC_ODP_HUGE_ENTRIES ODPRNIC_ODP_DMA_LIST
+static inline int odprnic_odp_umem_access(int access)
+{
+#if ODPRNIC_ODP_DMA_LIST
+	return access;
+#else
+	return access & ~IB_ACCESS_HUGETLB;
+#endif
+}
 
 /*
- * access_mask for ib_umem_odp_map_dma_and_lock(): write whenever the umem
- * is writable, whatever the access that faulted (as mlx5 does). A read
- * fault must not resync a page the device may have dirtied to read-only:
- * up to 6.15 ib_umem_odp_unmap_dma_pages() dirties only pages whose entry
- * still says writable.
+ * access_mask for ib_umem_odp_map_dma_and_lock(): what the umem allows.
+ * The driver maps without faulting (odprnic_odp_map_present()), where
+ * each page gets the access its page table entry gives instead.
  */
 static inline u64 odprnic_odp_access_mask(struct ib_umem_odp *odp)
 {

@@ -69,7 +69,7 @@ static void odprnic_event_handle(struct odprnic_dev *dev,
 
 	switch (type) {
 	case ODPRNIC_EVENT_PAGE_FAULT:
-		odprnic_odp_page_fault(dev, ev);
+		odprnic_odp_fault_event(dev, ev);
 		break;
 	case ODPRNIC_EVENT_INV_ACK:
 		wake_up_all(&dev->inv_wait);

@@ -221,7 +221,7 @@ odprnic_imr_child_get(struct odprnic_mr *mr, u64 va)
  */
 static int odprnic_imr_child_map(struct odprnic_imr_child *c,
 				 struct odprnic_cmd_slot *s, u64 va, u64 len,
-				 bool fault, u32 map_flags)
+				 u32 map_flags)
 {
 	struct ib_umem_odp *odp = c->odp;
 	struct odprnic_mr *mr = c->mr;
@@ -233,10 +233,7 @@ static int odprnic_imr_child_map(struct odprnic_imr_child *c,
 		size_t idx = (va - ib_umem_start(odp)) >> PAGE_SHIFT;
 		int ret;
 
-		ret = ib_umem_odp_map_dma_and_lock(odp, va,
-						   (u64)n << PAGE_SHIFT,
-						   odprnic_odp_access_mask(odp),
-						   fault);
+		ret = odprnic_odp_map_present(odp, va, (u64)n << PAGE_SHIFT);
 		if (ret < 0) {
 			/* nothing there (yet): do not keep an empty child */
 			mutex_lock(&odp->umem_mutex);
@@ -257,7 +254,7 @@ static int odprnic_imr_child_map(struct odprnic_imr_child *c,
 		odprnic_odp_fill_ptes(odp, idx, n, s->data);
 		err = odprnic_cmd_map_pages(mr->dev, s, mr->key, map_flags, va,
 					    n);
-		/* a prefetch without faulting may have found nothing */
+		/* the pages may have gone again since they were faulted in */
 		if (!odp->npages)
 			odprnic_imr_child_idle(c);
 		mutex_unlock(&odp->umem_mutex);
@@ -277,7 +274,7 @@ static int odprnic_imr_child_map(struct odprnic_imr_child *c,
  * are -EFAULT.
  */
 int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-		    u64 iova, u64 len, bool fault, u32 map_flags)
+		    u64 iova, u64 len, u32 map_flags)
 {
 	u64 pos, end;
 	int err;
@@ -292,8 +289,7 @@ int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 
 		if (IS_ERR(c))
 			return PTR_ERR(c);
-		err = odprnic_imr_child_map(c, s, pos, next - pos, fault,
-					    map_flags);
+		err = odprnic_imr_child_map(c, s, pos, next - pos, map_flags);
 		odprnic_imr_child_unuse(c);
 		if (err)
 			return err;

@@ -107,21 +107,22 @@ bool odprnic_dev_dead(struct odprnic_dev *dev)
  */
 static void __odprnic_fence(struct odprnic_dev *dev, const char *why)
 {
-	unsigned long flags;
 	bool first;
 
 	/*
 	 * Every fencer returns only once bus mastering is off: a second one
 	 * (an invalidation timeout racing recovery) about to unmap or unpin
-	 * waits here for the first's config write.
+	 * waits here for the first's config write. Every caller may sleep.
 	 */
-	spin_lock_irqsave(&dev->fence_lock, flags);
-	first = !READ_ONCE(dev->fenced);
+	mutex_lock(&dev->fence_lock);
+	first = !dev->fenced;
 	if (first) {
-		pci_clear_master(dev->pdev);
+		/* a device that is gone does no DMA and answers no config write */
+		if (!READ_ONCE(dev->lost))
+			pci_clear_master(dev->pdev);
 		WRITE_ONCE(dev->fenced, true);
 	}
-	spin_unlock_irqrestore(&dev->fence_lock, flags);
+	mutex_unlock(&dev->fence_lock);
 	if (!first)
 		return;
 	odprnic_cmdq_abort(dev);
@@ -129,6 +130,19 @@ static void __odprnic_fence(struct odprnic_dev *dev, const char *why)
 		"fenced: bus mastering cleared because %s; the device does no DMA until %s\n",
 		why, READ_ONCE(odprnic_recovery) ? "it is reset" :
 		"the driver is reloaded");
+}
+
+/*
+ * Page faults that began before this issue no more commands: the device is
+ * about to be reset (or removed), and the accesses they would resume go
+ * with it. A fault issuing commands now holds fault_gate for read, and its
+ * commands end at once on a fenced or lost device.
+ */
+void odprnic_faults_cut_off(struct odprnic_dev *dev)
+{
+	down_write(&dev->fault_gate);
+	WRITE_ONCE(dev->fault_gen, dev->fault_gen + 1);
+	up_write(&dev->fault_gate);
 }
 
 void odprnic_fence(struct odprnic_dev *dev, const char *why)
@@ -396,19 +410,19 @@ static int odprnic_start(struct odprnic_dev *dev)
 	err = odprnic_reset(dev);
 	if (err)
 		return err;
-	spin_lock_irq(&dev->fence_lock);
+	mutex_lock(&dev->fence_lock);
 	WRITE_ONCE(dev->fenced, false);
 	pci_set_master(dev->pdev);
-	spin_unlock_irq(&dev->fence_lock);
+	mutex_unlock(&dev->fence_lock);
 	err = odprnic_enable(dev);
 	if (!err)
 		err = odprnic_cmd_nop(dev);
 	if (err) {
 		/* stop whatever the device began before it failed */
-		spin_lock_irq(&dev->fence_lock);
+		mutex_lock(&dev->fence_lock);
 		pci_clear_master(dev->pdev);
 		WRITE_ONCE(dev->fenced, true);
-		spin_unlock_irq(&dev->fence_lock);
+		mutex_unlock(&dev->fence_lock);
 	}
 	return err;
 }
@@ -463,6 +477,7 @@ static void odprnic_recovery_work(struct work_struct *work)
 	if (dev->removing)
 		goto out;
 	__odprnic_fence(dev, why);
+	odprnic_faults_cut_off(dev);
 	trace_odprnic_recovery(why, "start", 0, 0);
 
 	if (dev->ibdev) {
@@ -539,7 +554,7 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	dev->pdev = pdev;
 	pci_set_drvdata(pdev, dev);
 	spin_lock_init(&dev->inv_lock);
-	spin_lock_init(&dev->fence_lock);
+	mutex_init(&dev->fence_lock);
 	init_waitqueue_head(&dev->inv_wait);
 	xa_init_flags(&dev->mrs, XA_FLAGS_LOCK_IRQ);
 	xa_init(&dev->cqs);
@@ -579,6 +594,13 @@ static int odprnic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (!dev->wq) {
 		err = -ENOMEM;
 		goto err_unmap;
+	}
+	init_rwsem(&dev->fault_gate);
+	dev->fault_wq = alloc_workqueue("odp_rnic_fault", WQ_UNBOUND |
+					WQ_MEM_RECLAIM, 0);
+	if (!dev->fault_wq) {
+		err = -ENOMEM;
+		goto err_wq;
 	}
 	err = odprnic_cmdq_init(dev);
 	if (err)
@@ -623,6 +645,8 @@ err_eq:
 err_cmdq:
 	odprnic_cmdq_cleanup(dev);
 err_wq:
+	if (dev->fault_wq)
+		destroy_workqueue(dev->fault_wq);
 	destroy_workqueue(dev->wq);
 err_unmap:
 	pci_iounmap(pdev, dev->regs);
@@ -649,8 +673,15 @@ static void odprnic_remove(struct pci_dev *pdev)
 	mutex_lock(&dev->recovery_lock);
 	/* a device already gone makes every command below fail fast */
 	odprnic_dev_dead(dev);
+	odprnic_faults_cut_off(dev);
 	odprnic_unregister_ibdev(dev);
 	mutex_unlock(&dev->recovery_lock);
+	/*
+	 * Faults still running issue no command any more; one still waiting
+	 * for a page holds the module, so only a removal of the PCI function
+	 * itself (unplug, unbind) can wait here for it.
+	 */
+	destroy_workqueue(dev->fault_wq);
 	odprnic_netdev_cleanup(dev);
 	if (!READ_ONCE(dev->lost))
 		odprnic_reset(dev);

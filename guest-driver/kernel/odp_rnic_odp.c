@@ -19,13 +19,15 @@
 #define ODPRNIC_PREFETCH_TRIES	16
 
 /*
- * The part of user VAs [@start, @end) that the device may hold for @odp:
- * whole entries of the core's page list (ib_umem_odp_unmap_dma_pages()
- * unmaps an entry of 1 << page_shift bytes (IB_ACCESS_HUGETLB) as a
- * whole, whatever part of it the range covers). False when none.
+ * Widen user VAs [*@start, *@end) to whole entries of @odp's page list
+ * (1 << page_shift bytes, a huge page with IB_ACCESS_HUGETLB), within the
+ * umem. ib_umem_odp_unmap_dma_pages() steps by an entry from where the
+ * range starts, so an unaligned start could skip an entry it overlaps;
+ * and what the core unmaps, the device must have given up: whole entries.
+ * False when nothing is left.
  */
-static bool odprnic_odp_span(struct ib_umem_odp *odp, unsigned long *start,
-			     unsigned long *end)
+static bool odprnic_odp_align_range(struct ib_umem_odp *odp,
+				    unsigned long *start, unsigned long *end)
 {
 	unsigned long size = BIT(odp->page_shift);
 
@@ -67,18 +69,6 @@ static bool odprnic_odp_device_holds(struct odprnic_mr *mr,
 				     struct ib_umem_odp *odp)
 {
 	return mr && odp->npages && test_bit(ODPRNIC_MRF_LIVE, &mr->flags);
-}
-
-/*
- * Whether a fault or prefetch may still map pages of @mr: not once
- * deregistration began (ODPRNIC_MRF_STOPPING) or an invalidation timed
- * out. Under the umem_mutex of the umem it maps.
- */
-bool odprnic_odp_may_map(struct odprnic_mr *mr)
-{
-	return test_bit(ODPRNIC_MRF_LIVE, &mr->flags) &&
-	       !test_bit(ODPRNIC_MRF_STOPPING, &mr->flags) &&
-	       !test_bit(ODPRNIC_MRF_DEAD, &mr->flags);
 }
 
 /*
@@ -130,8 +120,7 @@ static struct odprnic_zap *odprnic_odp_zap_alloc(struct odprnic_mr *mr,
 						 bool second_pass)
 {
 	/* 7.3: no allocation that may reclaim under umem_mutex */
-	if (!second_pass || !READ_ONCE(odprnic_two_pass) ||
-	    !odprnic_odp_device_holds(mr, odp))
+	if (!second_pass || !READ_ONCE(odprnic_two_pass))
 		return NULL;
 	return kzalloc(sizeof(struct odprnic_zap), GFP_NOWAIT);
 }
@@ -152,11 +141,12 @@ struct odprnic_zap *odprnic_odp_zap_start(struct odprnic_mr *mr,
 	u64 iova, len;
 
 	lockdep_assert_held(&odp->umem_mutex);
-	if (!odprnic_odp_span(odp, &start, &end))
+	if (!odprnic_odp_align_range(odp, &start, &end))
 		return NULL;
 	z = NULL;
-	if (odprnic_odp_dev_range(mr, start, end, &iova, &len))
-		z = odprnic_odp_zap_alloc(mr, odp, finish);
+	if (odprnic_odp_device_holds(mr, odp) &&
+	    odprnic_odp_dev_range(mr, start, end, &iova, &len))
+		z = odprnic_odp_zap_alloc(mr, odp, !!finish);
 	if (!z) {
 		odprnic_odp_zap(mr, odp, start, end);
 		return NULL;
@@ -266,8 +256,7 @@ int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
 		odp = odprnic_imr_alloc(dev, mr);
 	else
 		odp = ib_umem_odp_get(mr->ibmr.device, mr->start, mr->length,
-				      ODPRNIC_ODP_HUGE_ENTRIES ? mr->access :
-				      mr->access & ~IB_ACCESS_HUGETLB,
+				      odprnic_odp_umem_access(mr->access),
 				      &odprnic_odp_mn_ops);
 	if (IS_ERR(odp))
 		return PTR_ERR(odp);
@@ -294,13 +283,11 @@ int odprnic_odp_reg(struct odprnic_dev *dev, struct odprnic_mr *mr)
 
 /*
  * Stop the device using the MR: DESTROY_MR fails parked accesses too.
- * Until it completed the device may still reach every page it holds, so
- * the notifiers keep invalidating through the key (LIVE stays set) while
- * faults and prefetches map nothing more (STOPPING). LIVE goes only once
- * the device dropped the key (or a fence made it harmless), under the
- * umem_mutex a notifier of an explicit MR tests it under; the children of
- * an implicit MR test it under their own, which is safe for the same
- * reason: by then the device holds nothing a notifier could take back.
+ * Until it completed the key is live in the device, so the notifiers go
+ * on invalidating through it (LIVE) while faults and prefetches map
+ * nothing more (STOPPING). LIVE goes once the device dropped the key, or
+ * a fence made it harmless; implicit children test it under their own
+ * umem_mutex, which is enough, as the device then holds nothing of theirs.
  */
 int odprnic_odp_stop(struct odprnic_mr *mr)
 {
@@ -312,7 +299,8 @@ int odprnic_odp_stop(struct odprnic_mr *mr)
 	mutex_unlock(&odp->umem_mutex);
 	if (test_bit(ODPRNIC_MRF_LIVE, &mr->flags))
 		err = odprnic_cmd_destroy_mr(mr->dev, mr->key);
-	if (err == -ETIMEDOUT || err == -EIO)
+	/* gone or reset (no such key): nothing left; else it may still be live */
+	if (err && err != -ENODEV && err != -ENOENT)
 		odprnic_fence(mr->dev, "DESTROY_MR did not complete");
 	mutex_lock(&odp->umem_mutex);
 	clear_bit(ODPRNIC_MRF_LIVE, &mr->flags);
@@ -352,8 +340,23 @@ void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
 }
 
 /*
- * Map [@iova, @iova + @len) of @mr into the device: fault the pages in,
- * then MAP_PAGES under umem_mutex so that an invalidation cannot slip in
+ * ib_umem_odp_map_dma_and_lock() without faulting: the pages present in
+ * the page tables (faulted in before by odprnic_odp_prefault()), each
+ * with the access its page table entry gives. Never a downgrade: up to
+ * 6.15 the core resyncs an entry that is already mapped to that access,
+ * and an entry the device may write came from a writable entry that no
+ * invalidation (which would have unmapped and dirtied it) took away.
+ */
+int odprnic_odp_map_present(struct ib_umem_odp *odp, u64 va, u64 bcnt)
+{
+	return ib_umem_odp_map_dma_and_lock(odp, va, bcnt,
+					    odprnic_odp_access_mask(odp),
+					    false);
+}
+
+/*
+ * Map [@iova, @iova + @len) of @mr into the device: what is present, then
+ * MAP_PAGES under umem_mutex so that an invalidation cannot slip in
  * between (it waits for the mutex and then zaps what we wrote). A
  * MAP_PAGES that does not complete in time stays the device's (its slot
  * with it) and recovery is on its way; one that completes late cannot
@@ -362,7 +365,7 @@ void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
  * ("Invalidation doorbell" in docs/hardware.md).
  */
 static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-			   u64 iova, u64 len, bool fault, u32 map_flags)
+			   u64 iova, u64 len, u32 map_flags)
 {
 	struct ib_umem_odp *odp = mr->odp;
 	u64 mr_first = mr->iova & PAGE_MASK;
@@ -371,7 +374,7 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 	int err = 0;
 
 	if (mr->mode == ODPRNIC_MR_IMPLICIT)
-		return odprnic_imr_map(mr, s, iova, len, fault, map_flags);
+		return odprnic_imr_map(mr, s, iova, len, map_flags);
 	/*
 	 * The device asks for whole pages ("Page faults"), which reach past
 	 * the bytes of an MR that does not start and end on page boundaries
@@ -393,9 +396,7 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 		size_t idx = (va - ib_umem_start(odp)) >> PAGE_SHIFT;
 		int ret;
 
-		ret = ib_umem_odp_map_dma_and_lock(odp, va, bcnt,
-						   odprnic_odp_access_mask(odp),
-						   fault);
+		ret = odprnic_odp_map_present(odp, va, bcnt);
 		if (ret < 0)
 			return ret;
 		/* umem_mutex is held */
@@ -417,13 +418,104 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 }
 
 /*
- * EVENT_PAGE_FAULT: resolve and RESUME. A race with an invalidation
- * (-EAGAIN, -EBUSY from the core's retry bound) resumes with success so
- * the device retries and faults again; a bad address (-EFAULT, -EPERM, an
- * unknown or dead key) fails the access.
+ * The user VAs [*@va, *@va_end) of the pages [@iova, @iova + @len) of @mr
+ * touches; false when they reach beyond the pages the MR covers.
  */
-void odprnic_odp_page_fault(struct odprnic_dev *dev,
-			    const struct odprnic_event *ev)
+static bool odprnic_odp_va_range(struct odprnic_mr *mr, u64 iova, u64 len,
+				 u64 *va, u64 *va_end)
+{
+	u64 mr_first = mr->iova & PAGE_MASK;
+	u64 mr_end, end;
+
+	if (check_add_overflow(iova, len, &end))
+		return false;
+	if (mr->mode == ODPRNIC_MR_IMPLICIT) {
+		if (end > TASK_SIZE_MAX)
+			return false;
+		*va = iova & PAGE_MASK;
+		*va_end = PAGE_ALIGN(end);
+		return true;
+	}
+	if (check_add_overflow(mr->iova, mr->length, &mr_end) ||
+	    iova < mr_first || end > PAGE_ALIGN(mr_end))
+		return false;
+	*va = (mr->start & PAGE_MASK) + ((iova & PAGE_MASK) - mr_first);
+	*va_end = *va + (PAGE_ALIGN(end) - (iova & PAGE_MASK));
+	return true;
+}
+
+/*
+ * Fault [@va, @end) into @mm's page tables, holding no lock, command slot
+ * or MR reference: this is where a fault may wait for a page for long (a
+ * FUSE daemon, a slow disk), and nothing the device, deregistration or
+ * another process needs may wait behind it. fixup_user_fault() may drop
+ * mmap_lock while it waits for I/O, so munmap() and exit do not wait
+ * either. Write whenever the MR is writable (see odprnic_odp_access_mask()).
+ */
+static int odprnic_odp_prefault(struct mm_struct *mm, u64 va, u64 end,
+				bool write)
+{
+	unsigned int flags = write ? FAULT_FLAG_WRITE : 0;
+	int err = 0;
+
+	if (!mmget_not_zero(mm))
+		return -EFAULT;
+	mmap_read_lock(mm);
+	for (; va < end && !err; va += PAGE_SIZE) {
+		bool unlocked = false;
+
+		err = fixup_user_fault(mm, va, flags, &unlocked);
+	}
+	mmap_read_unlock(mm);
+	mmput_async(mm);
+	return err;
+}
+
+/*
+ * Fault the pages [@iova, @iova + @len) of MR @key touches into its
+ * process's page tables (odprnic_odp_prefault()), for writing if @write
+ * and the MR is writable, holding only the mm: the MR may be
+ * deregistered meanwhile.
+ */
+static int odprnic_odp_prefault_key(struct odprnic_dev *dev, u32 key,
+				    u64 iova, u64 len, bool write)
+{
+	struct odprnic_mr *mr = odprnic_mr_get(dev, key);
+	struct mm_struct *mm = NULL;
+	bool writable = false;
+	u64 va, va_end;
+	int err = -ENOENT;
+
+	if (mr && odprnic_mr_is_odp(mr)) {
+		err = -EFAULT;
+		if (odprnic_odp_va_range(mr, iova, len, &va, &va_end)) {
+			mm = mr->odp->umem.owning_mm;
+			mmgrab(mm);
+			writable = mr->odp->umem.writable;
+			err = 0;
+		}
+	}
+	if (mr)
+		odprnic_mr_put(mr);
+	if (!mm)
+		return err;
+	err = odprnic_odp_prefault(mm, va, va_end, write && writable);
+	mmdrop(mm);
+	return err;
+}
+
+/*
+ * EVENT_PAGE_FAULT, in its own work item: fault the pages in with no
+ * resource held (odprnic_odp_prefault()), then, under fault_gate and only
+ * if the device was not reset meanwhile (@gen), take a command slot, map
+ * what is present under umem_mutex without faulting (MAP_PAGES) and
+ * RESUME. A race with an invalidation (a page gone again, -EAGAIN, -EBUSY
+ * from the core's retry bound) resumes with success so the device retries
+ * and faults again; a bad address (-EFAULT, -EPERM, an unknown or dead
+ * key) fails the access.
+ */
+static void odprnic_odp_page_fault(struct odprnic_dev *dev,
+				   const struct odprnic_event *ev, u32 gen)
 {
 	const struct odprnic_ev_page_fault *pf = (const void *)ev->data;
 	u32 token = le32_to_cpu(pf->token);
@@ -435,112 +527,203 @@ void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	struct odprnic_cmd_slot *s;
 	struct odprnic_mr *mr;
 	u32 status = 1;
-	int err = -ENOENT;
+	int err;
 
 	atomic64_inc(&dev->stats.page_faults);
 	trace_odprnic_page_fault(token, key, qpn, iova, len, write);
 	odprnic_qp_page_fault(dev, qpn);
+	mr = odprnic_mr_get(dev, key);
+	if (mr && odprnic_mr_is_odp(mr))
+		atomic64_inc(&mr->faults);
+	if (mr)
+		odprnic_mr_put(mr);
+
+	err = odprnic_odp_prefault_key(dev, key, iova, len, write);
+
+	down_read(&dev->fault_gate);
+	/* reset or removed meanwhile: the parked access went with it */
+	if (READ_ONCE(dev->fault_gen) != gen)
+		goto out;
 	s = odprnic_cmd_get(dev);
 	if (IS_ERR(s)) {
 		dev_err_ratelimited(&dev->pdev->dev,
 				    "page fault token %u (QP %u): no command slot (%ld)\n",
 				    token, qpn, PTR_ERR(s));
-		return;
+		goto out;
 	}
 	mr = odprnic_mr_get(dev, key);
-	if (mr && odprnic_mr_is_odp(mr)) {
-		atomic64_inc(&mr->faults);
-		err = odprnic_odp_map(mr, s, iova, len, true, 0);
-		if (!err || err == -EAGAIN || err == -EBUSY)
-			status = 0;
-		else
-			atomic64_inc(&mr->fault_errors);
-	}
+	if (mr && !odprnic_mr_is_odp(mr))
+		err = -ENOENT;
+	else if (!mr && !err)
+		err = -ENOENT;
+	if (!err)
+		err = odprnic_odp_map(mr, s, iova, len, 0);
+	if (!err || err == -EAGAIN || err == -EBUSY)
+		status = 0;
+	else if (mr)
+		atomic64_inc(&mr->fault_errors);
 	if (mr)
 		odprnic_mr_put(mr);
 	if (status)
 		atomic64_inc(&dev->stats.fault_errors);
-	trace_odprnic_resume(token, key, status, err);
-	if (err == -ETIMEDOUT || err == -ENODEV) {
+	if (READ_ONCE(s->abandoned) || odprnic_dev_gone(dev)) {
 		/*
-		 * The slot may still be the device's (a MAP_PAGES that did not
-		 * complete), and recovery resets the device, which fails the
-		 * parked access: no RESUME.
+		 * A MAP_PAGES that did not complete keeps the slot the
+		 * device's, and the device is fenced or about to be: the
+		 * parked access stays parked until a reset drops it.
 		 */
 		odprnic_cmd_put(dev, s);
-		return;
+		goto out;
 	}
+	trace_odprnic_resume(token, key, status, err);
 	err = odprnic_cmd_resume(dev, s, token, status);
 	if (err)
 		dev_warn_ratelimited(&dev->pdev->dev,
 				     "RESUME token %u (QP %u) failed: %d\n", token,
 				     qpn, err);
 	odprnic_cmd_put(dev, s);
+out:
+	up_read(&dev->fault_gate);
+}
+
+struct odprnic_fault_work {
+	struct work_struct work;
+	struct odprnic_dev *dev;
+	struct odprnic_event ev;
+	u32 gen;
+};
+
+static void odprnic_fault_work(struct work_struct *work)
+{
+	struct odprnic_fault_work *fw =
+		container_of(work, struct odprnic_fault_work, work);
+
+	odprnic_odp_page_fault(fw->dev, &fw->ev, fw->gen);
+	kfree(fw);
+	/* remove()'s destroy_workqueue() waits for this function to return */
+	module_put(THIS_MODULE);
+}
+
+/*
+ * An EVENT_PAGE_FAULT from the event queue: handled on fault_wq, one work
+ * item per fault, so that a fault waiting for a page holds up no other
+ * event. While one runs the module is in use (rmmod says so at once
+ * instead of waiting in remove() for a page that may never come).
+ */
+void odprnic_odp_fault_event(struct odprnic_dev *dev,
+			     const struct odprnic_event *ev)
+{
+	u32 gen = READ_ONCE(dev->fault_gen);
+	struct odprnic_fault_work *fw = kmalloc(sizeof(*fw), GFP_KERNEL);
+
+	if (!fw) {
+		/* no memory: handle it here, holding the event queue up */
+		odprnic_odp_page_fault(dev, ev, gen);
+		return;
+	}
+	INIT_WORK(&fw->work, odprnic_fault_work);
+	fw->dev = dev;
+	fw->ev = *ev;
+	fw->gen = gen;
+	__module_get(THIS_MODULE);
+	queue_work(dev->fault_wq, &fw->work);
 }
 
 /* Prefetch one SGE of @mr; a racing invalidation is retried, bounded. */
 static int odprnic_prefetch_one(struct odprnic_mr *mr,
-				struct odprnic_cmd_slot *s, u64 addr, u32 len,
-				bool fault)
+				struct odprnic_cmd_slot *s, u64 addr, u32 len)
 {
 	int tries = ODPRNIC_PREFETCH_TRIES;
 	int err;
 
 	do {
-		err = odprnic_odp_map(mr, s, addr, len, fault,
-				      ODPRNIC_MAP_PREFETCH);
+		err = odprnic_odp_map(mr, s, addr, len, ODPRNIC_MAP_PREFETCH);
 	} while (err == -EAGAIN && --tries);
 	return err;
 }
 
-/* An asynchronous prefetch: the MRs of its SGEs are held until it ran. */
+/*
+ * Prefetch @num_sge SGEs (keys checked by the caller) as a page fault is
+ * resolved: fault the pages in holding nothing (@fault), then map what is
+ * present with one command slot. A prefetch is advice: the first failure
+ * ends it, and only means a later fault. @gen: the device must not have
+ * been reset since the advice (asynchronous prefetches).
+ */
+static int odprnic_prefetch(struct odprnic_dev *dev,
+			    const struct ib_sge *sg, u32 num_sge, bool fault,
+			    bool write, u32 gen)
+{
+	struct odprnic_cmd_slot *s;
+	int err = 0;
+	u32 i;
+
+	for (i = 0; i < num_sge && fault && !err; i++)
+		err = odprnic_odp_prefault_key(dev, sg[i].lkey, sg[i].addr,
+					       sg[i].length, write);
+	if (err)
+		return err;
+	down_read(&dev->fault_gate);
+	if (READ_ONCE(dev->fault_gen) != gen) {
+		err = -ENODEV;
+		goto out;
+	}
+	s = odprnic_cmd_get(dev);
+	if (IS_ERR(s)) {
+		err = PTR_ERR(s);
+		goto out;
+	}
+	for (i = 0; i < num_sge && !err; i++) {
+		struct odprnic_mr *mr = odprnic_mr_get(dev, sg[i].lkey);
+
+		err = -EINVAL;
+		if (mr && odprnic_mr_is_odp(mr))
+			err = odprnic_prefetch_one(mr, s, sg[i].addr,
+						   sg[i].length);
+		if (mr)
+			odprnic_mr_put(mr);
+	}
+	odprnic_cmd_put(dev, s);
+out:
+	up_read(&dev->fault_gate);
+	return err;
+}
+
+/* An asynchronous prefetch, on the fault workqueue as a page fault. */
 struct odprnic_prefetch_work {
 	struct work_struct work;
 	struct odprnic_dev *dev;
 	bool fault;
+	bool write;
+	u32 gen;
 	u32 num_sge;
-	struct {
-		struct odprnic_mr *mr;
-		u64 addr;
-		u32 length;
-	} sg[];
+	struct ib_sge sg[];
 };
 
 static void odprnic_prefetch_work(struct work_struct *work)
 {
 	struct odprnic_prefetch_work *pw =
 		container_of(work, struct odprnic_prefetch_work, work);
-	struct odprnic_dev *dev = pw->dev;
-	struct odprnic_cmd_slot *s = odprnic_cmd_get(dev);
-	int err = IS_ERR(s) ? PTR_ERR(s) : 0;
-	u32 i;
+	int err;
 
-	for (i = 0; i < pw->num_sge; i++) {
-		struct odprnic_mr *mr = pw->sg[i].mr;
-
-		/* a prefetch is advice: a failure only means a later fault */
-		if (!err)
-			err = odprnic_prefetch_one(mr, s, pw->sg[i].addr,
-						   pw->sg[i].length, pw->fault);
-		odprnic_mr_put(mr);
-	}
+	err = odprnic_prefetch(pw->dev, pw->sg, pw->num_sge, pw->fault,
+			       pw->write, pw->gen);
 	if (err)
-		dev_dbg(&dev->pdev->dev, "asynchronous prefetch: %d\n", err);
-	if (!IS_ERR(s))
-		odprnic_cmd_put(dev, s);
+		dev_dbg(&pw->dev->pdev->dev, "asynchronous prefetch: %d\n",
+			err);
 	kfree(pw);
+	/* remove()'s destroy_workqueue() waits for this function to return */
+	module_put(THIS_MODULE);
 }
 
 /*
  * advise_mr: prefetch ODP ranges into the device (MAP_PAGES with
- * ODPRNIC_MAP_PREFETCH) so that the first access does not fault. PREFETCH
- * and PREFETCH_WRITE map alike: writable where the MR is (see
- * odprnic_odp_access_mask()).
+ * ODPRNIC_MAP_PREFETCH) so that the first access does not fault:
+ * PREFETCH faults the pages in for reading, PREFETCH_WRITE for writing,
  * PREFETCH_NO_FAULT maps only what is present in the page tables. With
  * IB_UVERBS_ADVISE_MR_FLAG_FLUSH the work is done before returning;
- * without it the SGEs are checked and their MRs held here, and the
- * mapping runs on the driver's workqueue (dereg_mr waits for it through
- * the MR's reference, recovery flushes it).
+ * without it the SGEs are checked here and the rest runs on the fault
+ * workqueue. Either way it holds no command slot while it faults pages in
+ * and no MR while it waits for them (see odprnic_odp_page_fault()).
  */
 int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		      u32 flags, struct ib_sge *sg_list, u32 num_sge,
@@ -548,9 +731,8 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 {
 	struct odprnic_dev *dev = to_odev(pd->device);
 	bool fault = advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT;
+	bool write = advice == IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE;
 	struct odprnic_prefetch_work *pw;
-	struct odprnic_cmd_slot *s;
-	int err = 0;
 	u32 i;
 
 	if (!(dev->caps & ODPRNIC_CAP_PREFETCH))
@@ -559,55 +741,30 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 	    advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE &&
 	    advice != IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT)
 		return -EOPNOTSUPP;
-
-	if (!(flags & IB_UVERBS_ADVISE_MR_FLAG_FLUSH)) {
-		pw = kzalloc(struct_size(pw, sg, num_sge), GFP_KERNEL);
-		if (!pw)
-			return -ENOMEM;
-		for (i = 0; i < num_sge; i++) {
-			struct odprnic_mr *mr = odprnic_mr_get(dev,
-							       sg_list[i].lkey);
-
-			if (!mr || !odprnic_mr_is_odp(mr) ||
-			    mr->ibmr.pd != pd) {
-				if (mr)
-					odprnic_mr_put(mr);
-				err = -EINVAL;
-				break;
-			}
-			pw->sg[i].mr = mr;
-			pw->sg[i].addr = sg_list[i].addr;
-			pw->sg[i].length = sg_list[i].length;
-			pw->num_sge = i + 1;
-		}
-		if (err) {
-			for (i = 0; i < pw->num_sge; i++)
-				odprnic_mr_put(pw->sg[i].mr);
-			kfree(pw);
-			return err;
-		}
-		INIT_WORK(&pw->work, odprnic_prefetch_work);
-		pw->dev = dev;
-		pw->fault = fault;
-		queue_work(dev->wq, &pw->work);
-		return 0;
-	}
-
-	s = odprnic_cmd_get(dev);
-	if (IS_ERR(s))
-		return PTR_ERR(s);
-	for (i = 0; i < num_sge && !err; i++) {
+	for (i = 0; i < num_sge; i++) {
 		struct odprnic_mr *mr = odprnic_mr_get(dev, sg_list[i].lkey);
+		bool ok = mr && odprnic_mr_is_odp(mr) && mr->ibmr.pd == pd;
 
-		if (!mr || !odprnic_mr_is_odp(mr) ||
-		    mr->ibmr.pd != pd)
-			err = -EINVAL;
-		else
-			err = odprnic_prefetch_one(mr, s, sg_list[i].addr,
-						   sg_list[i].length, fault);
 		if (mr)
 			odprnic_mr_put(mr);
+		if (!ok)
+			return -EINVAL;
 	}
-	odprnic_cmd_put(dev, s);
-	return err;
+	if (flags & IB_UVERBS_ADVISE_MR_FLAG_FLUSH)
+		return odprnic_prefetch(dev, sg_list, num_sge, fault, write,
+					READ_ONCE(dev->fault_gen));
+
+	pw = kmalloc(struct_size(pw, sg, num_sge), GFP_KERNEL);
+	if (!pw)
+		return -ENOMEM;
+	INIT_WORK(&pw->work, odprnic_prefetch_work);
+	pw->dev = dev;
+	pw->fault = fault;
+	pw->write = write;
+	pw->gen = READ_ONCE(dev->fault_gen);
+	pw->num_sge = num_sge;
+	memcpy(pw->sg, sg_list, flex_array_size(pw, sg, num_sge));
+	__module_get(THIS_MODULE);
+	queue_work(dev->fault_wq, &pw->work);
+	return 0;
 }
