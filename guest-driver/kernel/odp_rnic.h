@@ -328,7 +328,7 @@ struct odprnic_mr {
 	/* revocable */
 	struct mmu_interval_notifier notifier;
 	struct mutex revoke_lock;	/* notifier vs. dereg */
-	struct page **pages;
+	struct sg_append_table pins;	/* pinned, DMA-mapped pages */
 	unsigned long npages;
 	struct work_struct unpin_work;
 	bool notifier_live;

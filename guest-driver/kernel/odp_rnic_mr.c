@@ -170,24 +170,138 @@ static void odprnic_pinned_dereg(struct odprnic_mr *mr)
 
 /* ---- revocable MRs ------------------------------------------------- */
 
+static bool odprnic_revocable_writable(const struct odprnic_mr *mr)
+{
+	return mr->access & (IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_WRITE |
+			     IB_ACCESS_REMOTE_ATOMIC);
+}
+
+/*
+ * Drops what odprnic_revocable_pin() took: the DMA mapping first (behind
+ * swiotlb the unmap copies what the device wrote into the pages), then the
+ * pins, marking the pages dirty if the device may have written them.
+ */
+static void odprnic_revocable_release(struct odprnic_mr *mr,
+				      struct sg_append_table *pins, bool mapped,
+				      bool dirty)
+{
+	struct scatterlist *sg;
+	unsigned int i;
+
+	if (mapped)
+		ib_dma_unmap_sgtable_attrs(mr->ibmr.device, &pins->sgt,
+					   DMA_BIDIRECTIONAL, 0);
+	for_each_sgtable_sg(&pins->sgt, sg, i)
+		unpin_user_page_range_dirty_lock(sg_page(sg),
+						 DIV_ROUND_UP(sg->length,
+							      PAGE_SIZE),
+						 dirty);
+	sg_free_append_table(pins);
+	memset(pins, 0, sizeof(*pins));
+}
+
+/*
+ * Pins the MR's pages into mr->pins and maps them for the device, as
+ * ib_umem_get() does, but with short-term pins: without FOLL_LONGTERM,
+ * FS-DAX and shared file mappings allow them. The device gets DMA
+ * addresses, not physical ones: behind an IOMMU or swiotlb they differ.
+ */
+static int odprnic_revocable_pin(struct odprnic_mr *mr)
+{
+	struct ib_device *ibdev = mr->ibmr.device;
+	unsigned long addr = mr->start & PAGE_MASK;
+	unsigned long left = mr->npages;
+	unsigned long dma_attrs = 0;
+	unsigned int gup = 0;
+	struct page **list;
+	int n, err = 0;
+
+	if (odprnic_revocable_writable(mr))
+		gup |= FOLL_WRITE;
+	list = (struct page **)__get_free_page(GFP_KERNEL);
+	if (!list)
+		return -ENOMEM;
+	while (left) {
+		cond_resched();
+		n = pin_user_pages_fast(addr,
+					min_t(unsigned long, left,
+					      PAGE_SIZE / sizeof(*list)),
+					gup, list);
+		if (n <= 0) {
+			err = n ? n : -EFAULT;
+			break;
+		}
+		addr += (unsigned long)n << PAGE_SHIFT;
+		left -= n;
+		err = sg_alloc_append_table_from_pages(&mr->pins, list, n, 0,
+						       (unsigned long)n <<
+						       PAGE_SHIFT,
+						       ib_dma_max_seg_size(ibdev),
+						       left, GFP_KERNEL);
+		if (err) {
+			unpin_user_pages(list, n);
+			break;
+		}
+	}
+	free_page((unsigned long)list);
+	if (!err) {
+		if (mr->access & IB_ACCESS_RELAXED_ORDERING)
+			dma_attrs |= DMA_ATTR_WEAK_ORDERING;
+		err = ib_dma_map_sgtable_attrs(ibdev, &mr->pins.sgt,
+					       DMA_BIDIRECTIONAL, dma_attrs);
+		if (!err)
+			return 0;
+	}
+	odprnic_revocable_release(mr, &mr->pins, false, false);
+	return err;
+}
+
 static void odprnic_revocable_unpin(struct odprnic_mr *mr)
 {
-	struct page **pages;
-	unsigned long n;
+	struct sg_append_table pins;
 
 	mutex_lock(&mr->revoke_lock);
-	pages = mr->pages;
-	n = mr->npages;
-	mr->pages = NULL;
-	mr->npages = 0;
+	pins = mr->pins;
+	memset(&mr->pins, 0, sizeof(mr->pins));
 	mutex_unlock(&mr->revoke_lock);
-	if (!pages)
+	if (!pins.sgt.sgl)
 		return;
-	unpin_user_pages_dirty_lock(pages, n, mr->access &
-				    (IB_ACCESS_LOCAL_WRITE |
-				     IB_ACCESS_REMOTE_WRITE |
-				     IB_ACCESS_REMOTE_ATOMIC));
-	kvfree(pages);
+	odprnic_revocable_release(mr, &pins, true,
+				  odprnic_revocable_writable(mr));
+}
+
+/*
+ * The translation table: one entry per 4 KiB page, from the DMA segments.
+ * An IOMMU maps whole pages, so every segment starts and ends on a page
+ * boundary; one that did not could not be described to the device.
+ */
+static int odprnic_revocable_write_table(struct odprnic_mr *mr)
+{
+	struct odprnic_table_writer tw;
+	struct scatterlist *sg;
+	unsigned long n = 0;
+	unsigned int i;
+	int err;
+
+	err = odprnic_tw_begin(&tw, mr);
+	if (err)
+		return err;
+	for_each_sgtable_dma_sg(&mr->pins.sgt, sg, i) {
+		dma_addr_t dma = sg_dma_address(sg);
+		unsigned int len = sg_dma_len(sg);
+
+		if ((dma | len) & ~PAGE_MASK) {
+			err = -EIO;
+			break;
+		}
+		for (; len && !err; len -= PAGE_SIZE, dma += PAGE_SIZE, n++)
+			err = odprnic_tw_add(&tw, dma);
+		if (err)
+			break;
+	}
+	if (!err && n != mr->npages)
+		err = -EIO;
+	return odprnic_tw_end(&tw, err);
 }
 
 static void odprnic_unpin_work(struct work_struct *work)
@@ -202,9 +316,10 @@ static void odprnic_unpin_work(struct work_struct *work)
 /*
  * Any invalidation of a revocable MR revokes it: the doorbell makes the
  * device fence the key ("Invalidation doorbell", step 3), and once it
- * acknowledged, the pins may go. They are released by a work item, not
- * here: writeback and migration call notifiers with folios locked, and
- * unpin_user_pages_dirty_lock() would take those locks again.
+ * acknowledged, the DMA mapping and the pins may go. A work item releases
+ * them, not this: writeback and migration call notifiers with folios
+ * locked, and unpin_user_page_range_dirty_lock() would take those locks
+ * again.
  */
 static bool odprnic_revocable_invalidate(struct mmu_interval_notifier *mni,
 					 const struct mmu_notifier_range *range,
@@ -250,58 +365,31 @@ static int odprnic_revocable_reg(struct odprnic_mr *mr)
 {
 	struct odprnic_dev *dev = mr->dev;
 	unsigned long first = mr->start & PAGE_MASK;
-	unsigned long npages = (PAGE_ALIGN(mr->start + mr->length) - first) >>
-			       PAGE_SHIFT;
-	struct odprnic_table_writer tw;
-	unsigned long pinned = 0, i;
-	unsigned int gup = 0;
 	unsigned long seq;
-	int err;
+	int err, ret;
 
 	if (!(dev->caps & ODPRNIC_CAP_REVOCABLE))
 		return -EOPNOTSUPP;
-	if (mr->access & (IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_WRITE |
-			  IB_ACCESS_REMOTE_ATOMIC))
-		gup |= FOLL_WRITE;
-	mr->pages = kvcalloc(npages, sizeof(*mr->pages), GFP_KERNEL);
-	if (!mr->pages)
-		return -ENOMEM;
-
+	mr->npages = (PAGE_ALIGN(mr->start + mr->length) - first) >>
+		     PAGE_SHIFT;
 	err = mmu_interval_notifier_insert(&mr->notifier, current->mm, first,
-					   npages << PAGE_SHIFT,
+					   mr->npages << PAGE_SHIFT,
 					   &odprnic_revocable_mn_ops);
 	if (err)
-		goto err_free;
+		return err;
 	mr->notifier_live = true;
 	seq = mmu_interval_read_begin(&mr->notifier);
-
-	/* short-term pins: no FOLL_LONGTERM, so FS-DAX is allowed */
-	while (pinned < npages) {
-		int n = pin_user_pages_fast(first + (pinned << PAGE_SHIFT),
-					    min_t(unsigned long,
-						  npages - pinned, 512),
-					    gup, mr->pages + pinned);
-		if (n <= 0) {
-			err = n ? n : -EFAULT;
-			goto err_unpin;
-		}
-		pinned += n;
-	}
-	mr->npages = npages;
+	err = odprnic_revocable_pin(mr);
+	if (err)
+		goto err_remove;
 
 	err = odprnic_cmd_create_mr(dev, to_opd(mr->ibmr.pd)->pdn,
 				    odprnic_access_to_hw(mr->access),
 				    ODPRNIC_MR_REVOCABLE, mr->iova,
 				    mr->length, &mr->key);
 	if (err)
-		goto err_unpin;
-	err = odprnic_tw_begin(&tw, mr);
-	if (err)
-		goto err_destroy;
-	/* no IOMMU in front of the device: a page's address is its DMA one */
-	for (i = 0; i < npages && !err; i++)
-		err = odprnic_tw_add(&tw, page_to_phys(mr->pages[i]));
-	err = odprnic_tw_end(&tw, err);
+		goto err_remove;
+	err = odprnic_revocable_write_table(mr);
 	if (err)
 		goto err_destroy;
 	mutex_lock(&mr->revoke_lock);
@@ -316,17 +404,14 @@ static int odprnic_revocable_reg(struct odprnic_mr *mr)
 	return 0;
 
 err_destroy:
-	if (odprnic_cmd_destroy_mr(dev, mr->key) == -ETIMEDOUT)
-		odprnic_fence(dev, "DESTROY_MR of a failed registration timed out");
-err_unpin:
-	mr->npages = pinned;
+	/* as in dereg: unmap once the device let go of the key, or is fenced */
+	ret = odprnic_cmd_destroy_mr(dev, mr->key);
+	if (ret == -ETIMEDOUT || ret == -EIO)
+		odprnic_fence(dev, "DESTROY_MR of a failed registration did not complete");
+err_remove:
 	mmu_interval_notifier_remove(&mr->notifier);
 	mr->notifier_live = false;
 	odprnic_revocable_unpin(mr);
-	return err;
-err_free:
-	kvfree(mr->pages);
-	mr->pages = NULL;
 	return err;
 }
 
