@@ -12,6 +12,7 @@
  */
 #include <linux/mm.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <rdma/odp_rnic-abi.h>
 #include <rdma/iter.h>
@@ -169,6 +170,14 @@ static void odprnic_pinned_dereg(struct odprnic_mr *mr)
 }
 
 /* ---- revocable MRs ------------------------------------------------- */
+
+/*
+ * Attempts at pinning a revocable MR's range that an invalidation may
+ * overtake before the registration fails with -EAGAIN. Each attempt pins
+ * and DMA-maps the whole range again; a range invalidated that often (a
+ * thread freeing pages in it in a loop) would be revoked at once anyway.
+ */
+#define ODPRNIC_REVOCABLE_PIN_TRIES	8
 
 static bool odprnic_revocable_writable(const struct odprnic_mr *mr)
 {
@@ -361,10 +370,20 @@ static const struct mmu_interval_notifier_ops odprnic_revocable_mn_ops = {
 	.invalidate = odprnic_revocable_invalidate,
 };
 
+/*
+ * The notifier is in place before the first pin, so any invalidation after
+ * mmu_interval_read_begin() shows in mmu_interval_read_retry(): the pins
+ * may then not be the pages the process maps, and they are taken again, a
+ * bounded number of times. The table is written with revoke_lock held
+ * after the check, so the device never holds a translation the notifier
+ * has not covered: an invalidation from then on waits for the lock, finds
+ * the key LIVE and revokes it.
+ */
 static int odprnic_revocable_reg(struct odprnic_mr *mr)
 {
 	struct odprnic_dev *dev = mr->dev;
 	unsigned long first = mr->start & PAGE_MASK;
+	unsigned int tries = 0;
 	unsigned long seq;
 	int err, ret;
 
@@ -378,29 +397,39 @@ static int odprnic_revocable_reg(struct odprnic_mr *mr)
 	if (err)
 		return err;
 	mr->notifier_live = true;
-	seq = mmu_interval_read_begin(&mr->notifier);
-	err = odprnic_revocable_pin(mr);
-	if (err)
-		goto err_remove;
-
 	err = odprnic_cmd_create_mr(dev, to_opd(mr->ibmr.pd)->pdn,
 				    odprnic_access_to_hw(mr->access),
 				    ODPRNIC_MR_REVOCABLE, mr->iova,
 				    mr->length, &mr->key);
 	if (err)
 		goto err_remove;
+
+	for (;;) {
+		seq = mmu_interval_read_begin(&mr->notifier);
+		err = odprnic_revocable_pin(mr);
+		if (err)
+			goto err_destroy;
+		mutex_lock(&mr->revoke_lock);
+		if (!mmu_interval_read_retry(&mr->notifier, seq))
+			break;
+		mutex_unlock(&mr->revoke_lock);
+		/* nothing reached the device: no DMA, nothing dirty */
+		odprnic_revocable_release(mr, &mr->pins, true, false);
+		if (++tries == ODPRNIC_REVOCABLE_PIN_TRIES ||
+		    fatal_signal_pending(current)) {
+			err = -EAGAIN;
+			goto err_destroy;
+		}
+		ibdev_dbg(mr->ibmr.device,
+			  "MR key %#x: registration raced an invalidation, pinning again (%u)\n",
+			  mr->key, tries);
+	}
 	err = odprnic_revocable_write_table(mr);
+	if (!err)
+		set_bit(ODPRNIC_MRF_LIVE, &mr->flags);
+	mutex_unlock(&mr->revoke_lock);
 	if (err)
 		goto err_destroy;
-	mutex_lock(&mr->revoke_lock);
-	/* invalidated while being registered: the pins may be stale */
-	if (mmu_interval_read_retry(&mr->notifier, seq)) {
-		mutex_unlock(&mr->revoke_lock);
-		err = -EAGAIN;
-		goto err_destroy;
-	}
-	set_bit(ODPRNIC_MRF_LIVE, &mr->flags);
-	mutex_unlock(&mr->revoke_lock);
 	return 0;
 
 err_destroy:
