@@ -23,13 +23,15 @@ INITRAMFS_RDMA=(virtio_net ib_core ib_uverbs ib_umad iw_cm ib_cm rdma_cm rdma_uc
 
 # Sections dropped from the boot modules: the ftrace call-site list
 # (__mcount_loc: ftrace would patch every site at load, which is most of
-# xfs.ko's 2 s under TCG) and the call-depth/return-thunk site lists, which
-# are only patched with mitigations (the lab boots mitigations=off; the
-# unpatched sites jump to the plain return thunk). BTF and ORC unwind data
-# stay. Cost: ftrace's function tracer cannot trace these modules' functions
-# (kprobes can).
-INITRAMFS_STRIP=(__mcount_loc .rela__mcount_loc .call_sites .rela.call_sites
-	.return_sites .rela.return_sites)
+# xfs.ko's 2 s under TCG; unpatched, each site stays a call to __fentry__,
+# which returns at once). Cost: ftrace's function tracer cannot trace these
+# modules' functions (kprobes can). The return-thunk and call-depth site
+# lists (.return_sites, .call_sites) stay: since 6.9 a return left jumping
+# to the unpatched return thunk reaches __warn_thunk, which WARNs and taints
+# the kernel (W) at the first insmod; patching them costs a few tenths of a
+# second per boot under TCG (docs/lab.md, "Booting"). BTF and ORC unwind
+# data stay.
+INITRAMFS_STRIP=(__mcount_loc .rela__mcount_loc)
 
 initramfs_inputs_key() {
 	cat "$REPO/scripts/guest/init" "$REPO/scripts/guest/stage2" \
