@@ -577,7 +577,11 @@ static void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	}
 	trace_odprnic_resume(token, key, status, err);
 	err = odprnic_cmd_resume(dev, s, token, status);
-	if (err)
+	/* -ENOENT: the device dropped the token (the MR or QP went meanwhile) */
+	if (err == -ENOENT)
+		dev_dbg(&dev->pdev->dev, "RESUME token %u (QP %u): no such token\n",
+			token, qpn);
+	else if (err)
 		dev_warn_ratelimited(&dev->pdev->dev,
 				     "RESUME token %u (QP %u) failed: %d\n", token,
 				     qpn, err);
