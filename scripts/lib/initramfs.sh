@@ -3,9 +3,10 @@
 #
 # The boot initramfs of the lab, one per kernel: busybox, the kernel modules
 # the lab needs (decompressed, so busybox insmod loads them; no module is read
-# over 9p at boot), scripts/guest/init as /init and scripts/guest/stage2,
-# which runs in the real root after switch_root. Built by scripts/lab-setup
-# and rebuilt lazily by scripts/vm when its inputs change.
+# over 9p at boot), scripts/guest/init as /init, scripts/guest/stage2,
+# which runs in the real root after switch_root, and
+# scripts/guest/kernel-log, its check of the kernel log. Built by
+# scripts/lab-setup and rebuilt lazily by scripts/vm when its inputs change.
 # Needs scripts/lib/common.sh.
 
 # Modules loaded at boot, in three groups: "boot" (what mounting the root
@@ -35,7 +36,8 @@ INITRAMFS_STRIP=(__mcount_loc .rela__mcount_loc)
 
 initramfs_inputs_key() {
 	cat "$REPO/scripts/guest/init" "$REPO/scripts/guest/stage2" \
-		"$REPO/scripts/lib/initramfs.sh" | sha256sum | cut -c1-16
+		"$REPO/scripts/guest/kernel-log" "$REPO/scripts/lib/initramfs.sh" |
+		sha256sum | cut -c1-16
 }
 
 # initramfs_path KVER
@@ -139,6 +141,7 @@ build_initramfs() {
 	[ "$line" -gt 0 ] || die "no modules found for $kver"
 	install -m 0755 "$REPO/scripts/guest/init" "$tmp/init"
 	install -m 0755 "$REPO/scripts/guest/stage2" "$tmp/stage2"
+	install -m 0755 "$REPO/scripts/guest/kernel-log" "$tmp/kernel-log"
 	# Uncompressed: the kernel unpacks it without a decompressor (faster
 	# under TCG than gunzip; QEMU loads it by DMA).
 	in_root sh -c "cd ${tmp#"$ROOT"} && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet" >"$out.new"

@@ -13,8 +13,13 @@
 #                                       # S skipped"; returns 1 if any failed
 #   t_has_device                        # true when the odp-rnic PCI function
 #                                       # is present
+#   t_expect_kernel_warning ERE         # declares a kernel log line (WARNING:,
+#                                       # BUG:, ...) this test provokes on
+#                                       # purpose: prints
+#                                       # "# expect-kernel-warning: ERE"
 #
-# tests/guest/run-all counts the ok / not ok / SKIP lines of every test.
+# tests/guest/run-all counts the ok / not ok / SKIP lines of every test and
+# fails the boot on a kernel log line that no test declared.
 
 T_NAME=${T_NAME:-$(basename "${0%.sh}")}
 T_N=0 T_PASS=0 T_FAIL=0 T_SKIP=0
@@ -66,4 +71,11 @@ t_has_device() {
 		[ "$(cat "$d/vendor" 2>/dev/null):$(cat "$d/device" 2>/dev/null)" = 0x1234:0x0db0 ] && return 0
 	done
 	return 1
+}
+
+# t_expect_kernel_warning ERE: the kernel log lines matching ERE (an awk
+# regular expression) that the kernel logs while this test runs are
+# expected (scripts/guest/kernel-log).
+t_expect_kernel_warning() {
+	echo "# expect-kernel-warning: $1"
 }
