@@ -26,7 +26,9 @@ process), and an RDMA CM listener (rping -s) is up. Then:
   5 the old objects close without hanging; dmesg has no warning or oops
 
 Under load: ib_write_bw (with --odp when the device has ODP, for 12 s) streams
-between two processes when the device reports an error: the new ib_device
+between two processes when the device reports an error (the test waits, up
+to READY_S, for the server to listen and then for the device to have
+written a MiB into the server's buffer; it assumes no speed): the new ib_device
 comes up while they still run (recovery waits for no application), both end
 by their own time limit, the oracle stays clean, and a new ib_write_bw pair
 passes on the new ib_device. (An application that polls its CQ in user space
@@ -56,6 +58,10 @@ from pyverbs.device import Context
 from pyverbs.pd import PD
 
 CMD_TIMEOUT_MS = 1000
+# How long a precondition may take to come about (a server listening, a pair
+# streaming): nothing here assumes how fast the host is, only that it gets
+# there within this bound.
+READY_S = 120
 tap = Tap()
 
 
@@ -120,14 +126,36 @@ def scenario(ctl, kind, ip, odp):
     return True
 
 
+def tcp_listening(port):
+    """Something listens on TCP port (IPv4 or IPv6)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 3 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def perftest_pair(dev, odp, extra, port):
+    """An ib_write_bw server and, once the server listens (or has exited),
+    its client."""
     args = ["-d", dev, "-x", "0", "-p", str(port), "-F"] + (["--odp"] if odp else []) + extra
     srv = subprocess.Popen(["ib_write_bw"] + args, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
-    time.sleep(1)
+    wait_for(lambda: tcp_listening(port) or srv.poll() is not None, READY_S)
     cli = subprocess.Popen(["ib_write_bw"] + args + ["localhost"], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     return srv, cli
+
+
+def written(ctl):
+    """Bytes the device has written into MRs so far."""
+    return ctl.counters().get("counters", {}).get("dma_bytes_written", 0)
 
 
 def under_load(ctl, odp):
@@ -138,15 +166,21 @@ def under_load(ctl, odp):
     rec0 = counter(dev, "recoveries")
     viol0 = ctl.request({"op": "violations"}).get("count", 0)
     t0 = time.monotonic()
+    base = written(ctl)
     srv, cli = perftest_pair(dev, odp, ["-D", "12"], 18601)
-    time.sleep(4)
-    streaming = srv.poll() is None and cli.poll() is None
+    # streaming: both run and the device has written a MiB into the
+    # server's buffer (ib_write_bw sends 64 KiB messages)
+    streaming = bool(wait_for(lambda: srv.poll() is not None or cli.poll() is not None or
+                              written(ctl) - base >= 1 << 20, READY_S)) and \
+        srv.poll() is None and cli.poll() is None
+    ts = time.monotonic()
+    moved = written(ctl) - base
     trigger(ctl, dev)
     t = time.monotonic()
     new = wait_for(lambda: (d := ibdev()) and counter(d, "recoveries") > rec0 and d, 30)
     up_after = time.monotonic() - t
     ended = wait_for(lambda: srv.poll() is not None and cli.poll() is not None,
-                     max(1, 12 + 30 - (time.monotonic() - t0)))
+                     max(1, 12 + 30 - (time.monotonic() - ts)))
     for p in (srv, cli):
         if p.poll() is None:
             p.kill()
@@ -155,7 +189,8 @@ def under_load(ctl, odp):
     tap(streaming and bool(new) and bool(ended) and viol == viol0,
         f"under load: a device error under ib_write_bw{' --odp' if odp else ''}: a new "
         "ib_device comes up while it runs, it ends by its own limit, the oracle is clean",
-        f"streaming before {streaming}, {new} up {up_after:.1f} s after the error, the pair "
+        f"streaming before {streaming} ({moved >> 10} KiB written {ts - t0:.1f} s after "
+        f"the start), {new} up {up_after:.1f} s after the error, the pair "
         f"ended {time.monotonic() - t0:.1f} s after it started (exit {srv.returncode}/"
         f"{cli.returncode}), violations {viol0} -> {viol}")
     if not new:
