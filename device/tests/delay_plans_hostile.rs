@@ -70,7 +70,7 @@ fn status_at(d: &Driver, buf: u64) -> u16 {
 /// forgets the completion: the re-enabled queue never sees it.
 #[test]
 fn disable_ends_a_pending_destroy_and_forgets_its_completion() {
-    let td = TestDevice::start(true, plan(&["delay_destroy_mr=1500,count=1"]));
+    let td = TestDevice::start(true, plan(&["delay_destroy_mr=8000,count=1"]));
     let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
     d.map_pages(key, MR_IOVA, DATA, 1);
     d.post_cmd(hw::CMD_DESTROY_MR, &key.to_le_bytes(), None);
@@ -132,7 +132,7 @@ fn reset_ends_a_pending_destroy_even_when_fenced() {
 /// completes once, to its own head and response buffer.
 #[test]
 fn two_pending_destroys_of_one_key() {
-    let td = TestDevice::start(true, plan(&["delay_destroy_mr=800"]));
+    let td = TestDevice::start(true, plan(&["delay_destroy_mr=5000"]));
     let mut d = Driver::up(&td);
     let pd = d.create_pd();
     let key = d.create_mr(pd, hw::MR_ODP, MR_IOVA, 4096);
@@ -153,7 +153,7 @@ fn two_pending_destroys_of_one_key() {
     assert_eq!(status_at(&d, DATA + 0x20200), hw::STATUS_OK);
     let k2 = d.ram.r32(DATA + 0x20248);
     assert_ne!(k2 >> 8, key >> 8, "the slot is still taken");
-    assert!(wait_used(&d, used.wrapping_add(3), Duration::from_secs(5)));
+    assert!(wait_used(&d, used.wrapping_add(3), Duration::from_secs(20)));
     assert_eq!(status_at(&d, DATA + 0x20000), hw::STATUS_OK);
     let heads: Vec<u32> = (0..3)
         .map(|i| {
@@ -177,7 +177,7 @@ fn two_pending_destroys_of_one_key() {
 /// command and completes each availability once.
 #[test]
 fn same_head_available_twice_while_held_back() {
-    let td = TestDevice::start(true, plan(&["delay_map_pages=500,count=1"]));
+    let td = TestDevice::start(true, plan(&["delay_map_pages=3000,count=1"]));
     let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
     let used = used_idx(&d);
     let e = [(RAM_GPA + DATA) | hw::PTE_READ | hw::PTE_WRITE];
@@ -185,7 +185,7 @@ fn same_head_available_twice_while_held_back() {
     assert!(wait_counter(&td, "map_pages_delayed", 1));
     assert_eq!(d.cmd(hw::CMD_NOP, &[], None).status, hw::STATUS_OK); // head 0 again
     assert_eq!(used_idx(&d), used.wrapping_add(1));
-    assert!(wait_used(&d, used.wrapping_add(2), Duration::from_secs(5)));
+    assert!(wait_used(&d, used.wrapping_add(2), Duration::from_secs(20)));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(used_idx(&d), used.wrapping_add(2));
     for i in 0..2u16 {
@@ -255,14 +255,14 @@ fn largest_delay_from_the_control_socket() {
 /// until then.
 #[test]
 fn due_while_fenced_completes_once_after() {
-    let td = TestDevice::start(true, plan(&["delay_destroy_mr=200,count=1"]));
+    let td = TestDevice::start(true, plan(&["delay_destroy_mr=2000,count=1"]));
     let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
     d.map_pages(key, MR_IOVA, DATA, 1);
     let used = used_idx(&d);
     post_key_cmd(&mut d, 4, DATA + 0x20000, hw::CMD_DESTROY_MR, key);
     assert!(wait_counter(&td, "destroys_delayed", 1));
     d.set_bus_master(false);
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(td.ctl(json!({"op": "mr", "key": key}))["state"], "live");
     assert_eq!(used_idx(&d), used);
     d.set_bus_master(true);
