@@ -271,8 +271,12 @@ def one_round(tap, dev, ctl, st, n, state, mr_kind, reclaim):
         if cpu_faults < pages // 2:
             return detail + "; no CPU fault per page: the PTEs were writable and stay clean"
         if state == "lazyfree":
-            raise Failed("the device's write faults went through the CPU fault handler, yet "
-                         f"MADV_FREE leaves the PTEs writable: {detail}")
+            # MADV_FREE leaves the PTEs writable, yet the device's write
+            # faults went through the CPU's fault handler: the driver
+            # resolves them with fixup_user_fault(FAULT_FLAG_WRITE), which
+            # dirties the PTEs (kpageflags shows the folio's flag only)
+            return (detail + "; the driver's write faults went through the CPU fault handler "
+                    "and dirtied the PTEs: this round can only check that nothing is lost")
         # This kernel maps a clean swap-cache page read-only and mprotect
         # does not make a clean PTE writable (6.1): the write fault the
         # device needs dirties the PTE, and reclaim writes the page out.
