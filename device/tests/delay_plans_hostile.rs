@@ -283,13 +283,7 @@ fn due_while_fenced_completes_once_after() {
 fn invalidation_while_fatal() {
     let td = TestDevice::start(true, FaultPlan::default());
     let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
-    d.ram.w16(CMDQ_AVAIL + 2, 200);
-    d.wr(hw::REG_CMDQ_NOTIFY, 1);
-    let t = Instant::now();
-    while d.rd(hw::REG_STATUS) & hw::STATUS_FATAL == 0 {
-        assert!(t.elapsed() < Duration::from_secs(5), "not fatal");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    make_fatal(&mut d);
     d.invalidate(key, MR_IOVA, 4096, 1);
     assert!(d.wait_inv_ack(1, Duration::from_secs(5)));
     assert_eq!(td.counter("engine_panics"), 0);

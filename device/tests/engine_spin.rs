@@ -74,21 +74,31 @@ fn engine_busy_ms(tid: u32, window: Duration) -> u64 {
     cpu() - a
 }
 
+/// When the held-back MAP_PAGES falls due: long enough that the test
+/// fences (or breaks) the device before it, even on a busy host.
+const DUE_MS: u64 = 3000;
+
+/// A device with a MAP_PAGES held back; the used index before it.
+fn held_back_map(td: &TestDevice) -> (Driver, u16) {
+    let (mut d, key) = odp_setup(td, hw::MR_ODP, 1);
+    let e = [(RAM_GPA + DATA) | hw::PTE_READ | hw::PTE_WRITE];
+    d.post_map_pages(key, 0, MR_IOVA, &e);
+    assert!(wait_counter(td, "map_pages_delayed", 1));
+    let used = d.ram.r16(CMDQ_USED + 2);
+    (d, used)
+}
+
 /// A held-back completion that falls due while bus mastering is off makes
 /// `next_wakeup` return a past instant forever: `finish_delayed` refuses to
 /// run while fenced, so the engine loop spins with a zero timeout.
 #[test]
 fn held_back_completion_due_while_fenced_does_not_spin() {
-    let (td, engine) = start_tracked(plan(&["delay_map_pages=1000,count=1"]));
-    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
-    let e = [(RAM_GPA + DATA) | hw::PTE_READ | hw::PTE_WRITE];
-    d.post_map_pages(key, 0, MR_IOVA, &e);
-    assert!(wait_counter(&td, "map_pages_delayed", 1));
-    let used = d.ram.r16(CMDQ_USED + 2);
+    let (td, engine) = start_tracked(plan(&[&format!("delay_map_pages={DUE_MS},count=1")]));
+    let (mut d, used) = held_back_map(&td);
     d.set_bus_master(false);
     let t = Instant::now();
     assert_eq!(used, d.ram.r16(CMDQ_USED + 2), "fenced before it was due");
-    std::thread::sleep(Duration::from_millis(1200).saturating_sub(t.elapsed()));
+    std::thread::sleep(Duration::from_millis(DUE_MS + 200).saturating_sub(t.elapsed()));
     let busy = engine_busy_ms(engine, Duration::from_secs(1));
     eprintln!("engine thread: {busy} ms in 1 s");
     d.set_bus_master(true);
@@ -106,22 +116,12 @@ fn held_back_completion_due_while_fenced_does_not_spin() {
 /// the engine spins until someone resets the device, perhaps never.
 #[test]
 fn held_back_completion_due_while_fatal_does_not_spin() {
-    let (td, engine) = start_tracked(plan(&["delay_map_pages=1000,count=1"]));
-    let (mut d, key) = odp_setup(&td, hw::MR_ODP, 1);
-    let e = [(RAM_GPA + DATA) | hw::PTE_READ | hw::PTE_WRITE];
-    d.post_map_pages(key, 0, MR_IOVA, &e);
-    assert!(wait_counter(&td, "map_pages_delayed", 1));
-    let used = d.ram.r16(CMDQ_USED + 2);
-    // an avail index far beyond the ring size: FATAL_RING
-    d.ram.w16(CMDQ_AVAIL + 2, 200);
-    d.wr(hw::REG_CMDQ_NOTIFY, 1);
+    let (td, engine) = start_tracked(plan(&[&format!("delay_map_pages={DUE_MS},count=1")]));
+    let (mut d, used) = held_back_map(&td);
     let t = Instant::now();
-    while d.rd(hw::REG_STATUS) & hw::STATUS_FATAL == 0 {
-        assert!(t.elapsed() < Duration::from_secs(5), "not fatal");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    make_fatal(&mut d);
     assert_eq!(used, d.ram.r16(CMDQ_USED + 2), "fatal before it was due");
-    std::thread::sleep(Duration::from_millis(1200).saturating_sub(t.elapsed()));
+    std::thread::sleep(Duration::from_millis(DUE_MS + 200).saturating_sub(t.elapsed()));
     let busy = engine_busy_ms(engine, Duration::from_secs(1));
     eprintln!("engine thread: {busy} ms in 1 s");
     d.wr(hw::REG_CONTROL, hw::CONTROL_RESET);

@@ -965,3 +965,15 @@ pub fn odp_setup(td: &TestDevice, mode: u8, pages: u64) -> (Driver, u32) {
     };
     (d, key)
 }
+
+/// Breaks the command ring (an available index far beyond its size) and
+/// waits, bounded, until the device is fatal (`FATAL_RING`).
+pub fn make_fatal(d: &mut Driver) {
+    d.ram.w16(CMDQ_AVAIL + 2, 200);
+    d.wr(hw::REG_CMDQ_NOTIFY, 1);
+    let t = Instant::now();
+    while d.rd(hw::REG_STATUS) & hw::STATUS_FATAL == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "not fatal");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
