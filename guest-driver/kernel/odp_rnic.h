@@ -153,6 +153,7 @@ struct odprnic_dev {
 	struct workqueue_struct *fault_wq;
 	struct rw_semaphore fault_gate;
 	u32 fault_gen;
+	atomic_t fault_works;		/* on fault_wq, bounded */
 
 	/* invalidation doorbell ("Invalidation doorbell") */
 	spinlock_t inv_lock;	/* one writer of the INV_* triple */
@@ -542,7 +543,7 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 struct ib_umem_odp *odprnic_imr_alloc(struct odprnic_dev *dev,
 				      struct odprnic_mr *mr);
 int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-		    u64 iova, u64 len, u32 map_flags);
+		    u64 pos, u64 end, u32 map_flags);
 void odprnic_imr_free_children(struct odprnic_mr *mr);
 
 #endif /* ODP_RNIC_H */

@@ -268,21 +268,16 @@ static int odprnic_imr_child_map(struct odprnic_imr_child *c,
 }
 
 /*
- * odprnic_imr_map - resolve [@iova, @iova + @len) of implicit MR @mr (a
- * page fault or a prefetch): the pages the range touches, child by child,
- * making the children it needs. IOVAs beyond the process's address space
- * are -EFAULT.
+ * odprnic_imr_map - map the pages [@pos, @end) (page-aligned user VAs,
+ * within the process's address space: odprnic_odp_va_range()) of implicit
+ * MR @mr for a page fault or a prefetch, child by child, making the
+ * children it needs.
  */
 int odprnic_imr_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
-		    u64 iova, u64 len, u32 map_flags)
+		    u64 pos, u64 end, u32 map_flags)
 {
-	u64 pos, end;
 	int err;
 
-	if (check_add_overflow(iova, len, &end) || end > TASK_SIZE_MAX)
-		return -EFAULT;
-	pos = iova & PAGE_MASK;
-	end = PAGE_ALIGN(end);
 	while (pos < end) {
 		u64 next = min(end, (pos | (ODPRNIC_IMR_CHILD_SIZE - 1)) + 1);
 		struct odprnic_imr_child *c = odprnic_imr_child_get(mr, pos);

@@ -340,6 +340,36 @@ void odprnic_odp_fill_ptes(struct ib_umem_odp *odp, size_t idx, u32 n,
 }
 
 /*
+ * The user VAs [*@va, *@va_end) of the pages [@iova, @iova + @len) of @mr
+ * touches; false when they reach beyond the pages the MR covers. The
+ * device asks for whole pages ("Page faults"), which reach past the bytes
+ * of an MR that does not start and end on page boundaries (a 1 KiB MR
+ * faults 4 KiB): the bound is the pages the MR covers, as the umem's.
+ */
+static bool odprnic_odp_va_range(struct odprnic_mr *mr, u64 iova, u64 len,
+				 u64 *va, u64 *va_end)
+{
+	u64 mr_first = mr->iova & PAGE_MASK;
+	u64 mr_end, end;
+
+	if (check_add_overflow(iova, len, &end))
+		return false;
+	if (mr->mode == ODPRNIC_MR_IMPLICIT) {
+		if (end > TASK_SIZE_MAX)
+			return false;
+		*va = iova & PAGE_MASK;
+		*va_end = PAGE_ALIGN(end);
+		return true;
+	}
+	if (check_add_overflow(mr->iova, mr->length, &mr_end) ||
+	    iova < mr_first || end > PAGE_ALIGN(mr_end))
+		return false;
+	*va = (mr->start & PAGE_MASK) + ((iova & PAGE_MASK) - mr_first);
+	*va_end = *va + (PAGE_ALIGN(end) - (iova & PAGE_MASK));
+	return true;
+}
+
+/*
  * ib_umem_odp_map_dma_and_lock() without faulting: the pages present in
  * the page tables (faulted in before by odprnic_odp_prefault()), each
  * with the access its page table entry gives. Never a downgrade: up to
@@ -368,29 +398,19 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 			   u64 iova, u64 len, u32 map_flags)
 {
 	struct ib_umem_odp *odp = mr->odp;
-	u64 mr_first = mr->iova & PAGE_MASK;
-	u64 va_first = mr->start & PAGE_MASK;
-	u64 mr_end, pos, end;
+	u64 va_first, va_end, pos, end;
 	int err = 0;
 
-	if (mr->mode == ODPRNIC_MR_IMPLICIT)
-		return odprnic_imr_map(mr, s, iova, len, map_flags);
-	/*
-	 * The device asks for whole pages ("Page faults"), which reach past
-	 * the bytes of an MR that does not start and end on page boundaries
-	 * (a 1 KiB MR faults 4 KiB): bound the range by the pages the MR
-	 * covers, as the umem does, not by its bytes.
-	 */
-	if (check_add_overflow(mr->iova, mr->length, &mr_end) ||
-	    check_add_overflow(iova, len, &end) ||
-	    iova < mr_first || end > PAGE_ALIGN(mr_end))
+	if (!odprnic_odp_va_range(mr, iova, len, &va_first, &va_end))
 		return -EFAULT;
+	if (mr->mode == ODPRNIC_MR_IMPLICIT)
+		return odprnic_imr_map(mr, s, va_first, va_end, map_flags);
 	pos = iova & PAGE_MASK;
-	end = PAGE_ALIGN(end);
+	end = pos + (va_end - va_first);
 
 	while (pos < end) {
 		u32 n = min_t(u64, (end - pos) >> PAGE_SHIFT, ODPRNIC_MAP_MAX);
-		u64 va = va_first + (pos - mr_first);
+		u64 va = va_first + (pos - (iova & PAGE_MASK));
 		u64 bcnt = min_t(u64, (u64)n << PAGE_SHIFT,
 				 ib_umem_end(odp) - va);
 		size_t idx = (va - ib_umem_start(odp)) >> PAGE_SHIFT;
@@ -415,33 +435,6 @@ static int odprnic_odp_map(struct odprnic_mr *mr, struct odprnic_cmd_slot *s,
 		pos += (u64)n << PAGE_SHIFT;
 	}
 	return 0;
-}
-
-/*
- * The user VAs [*@va, *@va_end) of the pages [@iova, @iova + @len) of @mr
- * touches; false when they reach beyond the pages the MR covers.
- */
-static bool odprnic_odp_va_range(struct odprnic_mr *mr, u64 iova, u64 len,
-				 u64 *va, u64 *va_end)
-{
-	u64 mr_first = mr->iova & PAGE_MASK;
-	u64 mr_end, end;
-
-	if (check_add_overflow(iova, len, &end))
-		return false;
-	if (mr->mode == ODPRNIC_MR_IMPLICIT) {
-		if (end > TASK_SIZE_MAX)
-			return false;
-		*va = iova & PAGE_MASK;
-		*va_end = PAGE_ALIGN(end);
-		return true;
-	}
-	if (check_add_overflow(mr->iova, mr->length, &mr_end) ||
-	    iova < mr_first || end > PAGE_ALIGN(mr_end))
-		return false;
-	*va = (mr->start & PAGE_MASK) + ((iova & PAGE_MASK) - mr_first);
-	*va_end = *va + (PAGE_ALIGN(end) - (iova & PAGE_MASK));
-	return true;
 }
 
 /*
@@ -532,12 +525,6 @@ static void odprnic_odp_page_fault(struct odprnic_dev *dev,
 	atomic64_inc(&dev->stats.page_faults);
 	trace_odprnic_page_fault(token, key, qpn, iova, len, write);
 	odprnic_qp_page_fault(dev, qpn);
-	mr = odprnic_mr_get(dev, key);
-	if (mr && odprnic_mr_is_odp(mr))
-		atomic64_inc(&mr->faults);
-	if (mr)
-		odprnic_mr_put(mr);
-
 	err = odprnic_odp_prefault_key(dev, key, iova, len, write);
 
 	down_read(&dev->fault_gate);
@@ -552,18 +539,19 @@ static void odprnic_odp_page_fault(struct odprnic_dev *dev,
 		goto out;
 	}
 	mr = odprnic_mr_get(dev, key);
-	if (mr && !odprnic_mr_is_odp(mr))
+	if (mr && odprnic_mr_is_odp(mr)) {
+		atomic64_inc(&mr->faults);
+		if (!err)
+			err = odprnic_odp_map(mr, s, iova, len, 0);
+		if (err && err != -EAGAIN && err != -EBUSY)
+			atomic64_inc(&mr->fault_errors);
+	} else {
 		err = -ENOENT;
-	else if (!mr && !err)
-		err = -ENOENT;
-	if (!err)
-		err = odprnic_odp_map(mr, s, iova, len, 0);
-	if (!err || err == -EAGAIN || err == -EBUSY)
-		status = 0;
-	else if (mr)
-		atomic64_inc(&mr->fault_errors);
+	}
 	if (mr)
 		odprnic_mr_put(mr);
+	if (!err || err == -EAGAIN || err == -EBUSY)
+		status = 0;
 	if (status)
 		atomic64_inc(&dev->stats.fault_errors);
 	if (READ_ONCE(s->abandoned) || odprnic_dev_gone(dev)) {
@@ -590,6 +578,19 @@ out:
 	up_read(&dev->fault_gate);
 }
 
+/*
+ * Faults and asynchronous prefetches in flight on fault_wq are bounded:
+ * beyond ODPRNIC_MAX_FAULT_WORKS a fault is handled on the event queue's
+ * work item and a prefetch in its caller, so no flood of events or advice
+ * grows the driver's memory without a limit.
+ */
+#define ODPRNIC_MAX_FAULT_WORKS	1024
+
+static bool odprnic_fault_work_get(struct odprnic_dev *dev)
+{
+	return atomic_add_unless(&dev->fault_works, 1, ODPRNIC_MAX_FAULT_WORKS);
+}
+
 struct odprnic_fault_work {
 	struct work_struct work;
 	struct odprnic_dev *dev;
@@ -603,6 +604,7 @@ static void odprnic_fault_work(struct work_struct *work)
 		container_of(work, struct odprnic_fault_work, work);
 
 	odprnic_odp_page_fault(fw->dev, &fw->ev, fw->gen);
+	atomic_dec(&fw->dev->fault_works);
 	kfree(fw);
 	/* remove()'s destroy_workqueue() waits for this function to return */
 	module_put(THIS_MODULE);
@@ -618,10 +620,15 @@ void odprnic_odp_fault_event(struct odprnic_dev *dev,
 			     const struct odprnic_event *ev)
 {
 	u32 gen = READ_ONCE(dev->fault_gen);
-	struct odprnic_fault_work *fw = kmalloc(sizeof(*fw), GFP_KERNEL);
+	struct odprnic_fault_work *fw = NULL;
 
+	if (odprnic_fault_work_get(dev)) {
+		fw = kmalloc(sizeof(*fw), GFP_KERNEL);
+		if (!fw)
+			atomic_dec(&dev->fault_works);
+	}
 	if (!fw) {
-		/* no memory: handle it here, holding the event queue up */
+		/* too many, or no memory: here, holding the event queue up */
 		odprnic_odp_page_fault(dev, ev, gen);
 		return;
 	}
@@ -714,6 +721,7 @@ static void odprnic_prefetch_work(struct work_struct *work)
 	if (err)
 		dev_dbg(&pw->dev->pdev->dev, "asynchronous prefetch: %d\n",
 			err);
+	atomic_dec(&pw->dev->fault_works);
 	kfree(pw);
 	/* remove()'s destroy_workqueue() waits for this function to return */
 	module_put(THIS_MODULE);
@@ -754,13 +762,18 @@ int odprnic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		if (!ok)
 			return -EINVAL;
 	}
-	if (flags & IB_UVERBS_ADVISE_MR_FLAG_FLUSH)
+	pw = NULL;
+	if (!(flags & IB_UVERBS_ADVISE_MR_FLAG_FLUSH) &&
+	    odprnic_fault_work_get(dev)) {
+		pw = kmalloc(struct_size(pw, sg, num_sge), GFP_KERNEL);
+		if (!pw)
+			atomic_dec(&dev->fault_works);
+	}
+	/* FLUSH, or too many in flight: in the caller */
+	if (!pw)
 		return odprnic_prefetch(dev, sg_list, num_sge, fault, write,
 					READ_ONCE(dev->fault_gen));
 
-	pw = kmalloc(struct_size(pw, sg, num_sge), GFP_KERNEL);
-	if (!pw)
-		return -ENOMEM;
 	INIT_WORK(&pw->work, odprnic_prefetch_work);
 	pw->dev = dev;
 	pw->fault = fault;
