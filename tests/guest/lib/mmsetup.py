@@ -27,6 +27,7 @@ fails raises OSError. Each set-up has close(), which undoes it.
                                     page's kpageflags (dirty, swapcache, ...)
     drain_lru()                     applies this CPU's pending LRU moves (a
                                     MADV_FREE takes effect on a page only then)
+    drain_lru_all()                 applies every CPU's pending LRU moves
     vmstat(name)                    a /proc/vmstat counter (exact, unlike a
                                     memory cgroup's memory.stat, which is
                                     flushed only now and then)
@@ -448,6 +449,18 @@ def drain_lru():
     if not _dummy:
         _dummy.append(Mapping.anon(PAGE, align=PAGE))
     _dummy[0].madvise(0, PAGE, MADV_COLD)
+
+
+def drain_lru_all():
+    """Drains every CPU's LRU batches (lru_add_drain_all()), e.g. of pages a
+    kernel worker on another CPU faulted in: until then reclaim cannot
+    isolate them and MADV_PAGEOUT passes them over. drop_caches drains
+    every CPU only since 6.3; a compaction request does on every lab
+    kernel (it may migrate pages as well)."""
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+    with open("/proc/sys/vm/compact_memory", "w") as f:
+        f.write("1")
 
 
 def page_states(addr, npages):

@@ -14,7 +14,8 @@ removal/surprise.py).
     app.async_event(t)   the context's next IBV_EVENT_*, None within t s
     app.close()          closes everything; False if that hung
     ibdev()              the ib_device odp_rnic drives now, or None
-    counter(ibdev, name) a hw_counter of the driver, -1 while it goes away
+    counter(ibdev, name) a hw_counter of the driver, current, -1 while it goes
+                         away (read_counter: raises instead)
     param(name[, value]) an odp_rnic module parameter
     async_event(ctx, t)  a context's next IBV_EVENT_*, None within t s
     bounded(fn, t)       (returned, result or exception) of fn() within t s
@@ -81,11 +82,24 @@ def ibdev():
     return None
 
 
+def read_counter(dev, name):
+    """The driver's counter NAME, current: the core keeps what a read of a
+    port's hw_counters returned for hw_counters/lifespan ms (and the rest
+    of that jiffy) and hands it to later reads, so a read right after an
+    event could miss it. This one first waits that cache out (guest time,
+    2.5 jiffies at HZ=100 to spare). Raises OSError or ValueError."""
+    base = f"/sys/class/infiniband/{dev}/ports/1/hw_counters"
+    with open(f"{base}/lifespan") as f:
+        time.sleep(int(f.read()) / 1000 + 0.025)
+    with open(f"{base}/{name}") as f:
+        return int(f.read())
+
+
 def counter(dev, name):
-    """The driver's counter, -1 while the ib_device is going away."""
+    """The driver's counter (read_counter), -1 while the ib_device is going
+    away."""
     try:
-        with open(f"/sys/class/infiniband/{dev}/ports/1/hw_counters/{name}") as f:
-            return int(f.read())
+        return read_counter(dev, name)
     except (OSError, ValueError):
         return -1
 

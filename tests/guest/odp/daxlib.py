@@ -387,12 +387,12 @@ def find_ibdev(driver=DRIVER):
 def hw_counter(ibdev, name):
     """The driver's counter NAME (`rdma statistic show`; in sysfs under
     /sys/class/infiniband/IBDEV/ports/1/hw_counters/)."""
-    path = f"/sys/class/infiniband/{ibdev}/ports/1/hw_counters/{name}"
+    from odprnic_app import read_counter
+
     try:
-        with open(path) as f:
-            return int(f.read())
+        return read_counter(ibdev, name)
     except (OSError, ValueError) as x:
-        raise Failed(f"{path}: {x}")
+        raise Failed(f"hw_counters/{name} of {ibdev}: {x}")
 
 
 class Ctl:

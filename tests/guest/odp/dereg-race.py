@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 
+import mmsetup
 from odprnic_app import Tap, dmesg, ibdev, wait_for
 from odprnic_ctl import Control
 
@@ -195,15 +196,13 @@ def scenario(t, ctl, pd, mode, kind, addr):
                      > before["destroys_delayed"], 10)
     t(bool(began), f"{name}: DESTROY_MR began and is held by the device")
     frames = pagemap(addr)
-    for _ in range(3):
+    for _ in range(5):
         event(kind, addr)
         if taken(kind, frames, pagemap(addr)):
             break
         # pages the fault worker brought in may still wait in another
-        # CPU's LRU batch, where reclaim cannot isolate them:
-        # drop_caches drains every CPU's batch (lru_add_drain_all())
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1")
+        # CPU's LRU batch, where reclaim cannot isolate them
+        mmsetup.drain_lru_all()
     after_event = ctl.counters()["counters"]["accesses_after_destroy"]
     t(taken(kind, frames, pagemap(addr)),
       f"{name}: the kernel took every page back (/proc/self/pagemap)")
