@@ -40,24 +40,45 @@ initramfs_inputs_key() {
 		sha256sum | cut -c1-16
 }
 
-# initramfs_path KVER
-initramfs_path() { echo "$LAB/initrd-$1.img"; }
+# A kernel of the user's (scripts/lib/own-kernel.sh) has its image,
+# config, modules and these outputs in its own directory BASE of the root
+# (/opt/odp-rnic/kernels/KREL) instead of /boot, /lib/modules and $LAB:
+# the functions below take BASE as an optional last argument.
 
-# vmlinux_path KVER: the uncompressed kernel that scripts/vm boots through
-# PVH when it exists.
-vmlinux_path() { echo "$LAB/vmlinux-$1"; }
+# initramfs_path KVER [BASE]
+initramfs_path() {
+	if [ -n "${2:-}" ]; then echo "$ROOT$2/initrd.img"; else echo "$LAB/initrd-$1.img"; fi
+}
 
-# extract_vmlinux KVER: writes $LAB/vmlinux-KVER, the ELF image inside the
+# vmlinux_path KVER [BASE]: the uncompressed kernel that scripts/vm boots
+# through PVH when it exists.
+vmlinux_path() {
+	if [ -n "${2:-}" ]; then echo "$ROOT$2/vmlinux"; else echo "$LAB/vmlinux-$1"; fi
+}
+
+# kernel_image KVER [BASE]: the kernel's bzImage.
+kernel_image() {
+	if [ -n "${2:-}" ]; then echo "$ROOT$2/vmlinuz"; else echo "$ROOT/boot/vmlinuz-$1"; fi
+}
+
+# kernel_config KVER [BASE]: the kernel's .config.
+kernel_config() {
+	if [ -n "${2:-}" ]; then echo "$ROOT$2/config"; else echo "$ROOT/boot/config-$1"; fi
+}
+
+# extract_vmlinux KVER [BASE]: writes vmlinux_path, the ELF image inside the
 # kernel's bzImage (what the kernel's scripts/extract-vmlinux does, for the
 # zstd, xz and gzip payloads), if the kernel can boot through PVH (QEMU then
 # loads the ELF directly: no decompressor run under TCG). Otherwise, or if
 # the extraction fails, removes it and scripts/vm boots the bzImage.
 extract_vmlinux() {
 	local kver=$1 out img
-	out=$(vmlinux_path "$kver")
-	img=$ROOT/boot/vmlinuz-$kver
+	out=$(vmlinux_path "$kver" "${2:-}")
+	img=$(kernel_image "$kver" "${2:-}")
+	# (a kernel of the user's given as a vmlinux has no bzImage: kept)
+	[ -f "$img" ] || [ -z "${2:-}" ] || return 0
 	rm -f "$out"
-	grep -q '^CONFIG_PVH=y' "$ROOT/boot/config-$kver" 2>/dev/null || return 0
+	grep -q '^CONFIG_PVH=y' "$(kernel_config "$kver" "${2:-}")" 2>/dev/null || return 0
 	# shellcheck disable=SC2016
 	in_root python3 -c '
 import subprocess, sys
@@ -75,17 +96,42 @@ sys.exit(1)' <"$img" >"$out.new" 2>/dev/null || { rm -f "$out.new"; return 0; }
 	mv "$out.new" "$out"
 }
 
-# build_initramfs KVER [--if-stale]: writes $LAB/initrd-KVER.img (and
-# $LAB/vmlinux-KVER, see extract_vmlinux).
+# build_initramfs KVER [--if-stale] [--base BASE]: writes initramfs_path
+# (and vmlinux_path, see extract_vmlinux). With BASE, the modules are those
+# of BASE/lib/modules/KVER (a kernel of the user's).
 build_initramfs() {
-	local kver=$1 out key tmp m line path name
-	out=$(initramfs_path "$kver")
+	local kver=$1 out key tmp m path name stale=0 base='' stamp mp=() missing=()
+	shift
+	while [ $# -gt 0 ]; do
+		case "$1" in
+		--if-stale) stale=1 ;;
+		--base) base=$2; shift ;;
+		esac
+		shift
+	done
+	out=$(initramfs_path "$kver" "$base")
 	key="$kver-$(initramfs_inputs_key)"
-	if [ "${2:-}" = --if-stale ] && [ -f "$out" ] && [ -f "$STAMPS/initramfs-$kver" ] &&
-		[ "$(cat "$STAMPS/initramfs-$kver")" = "$key" ]; then
+	stamp=$STAMPS/initramfs-$kver
+	if [ -n "$base" ]; then
+		stamp=$STAMPS/initramfs-own-$kver
+		mp=(-d "$base")
+		# the user's kernel changes under the same name: its image and
+		# modules are part of the key
+		key+="-$(stat -c '%s %Y' "$ROOT$base/lib/modules/$kver/modules.dep" \
+			"$ROOT$base"/vmlinu[xz] 2>/dev/null | sha256sum | cut -c1-16)"
+	fi
+	if [ "$stale" = 1 ] && [ -f "$out" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
 		return 0
 	fi
-	[ -d "$ROOT/lib/modules/$kver" ] || die "kernel $kver is not installed in $ROOT"
+	[ -d "$ROOT$base/lib/modules/$kver" ] || die "kernel $kver is not installed in $ROOT$base"
+	# What mounting the root and odp_rnic.ko need must be there, as modules
+	# or built in (modprobe answers "builtin NAME" from modules.builtin).
+	for m in "${INITRAMFS_BOOT[@]}" ib_core ib_uverbs; do
+		in_root modprobe -C /dev/null "${mp[@]}" -S "$kver" --show-depends "$m" >/dev/null 2>&1 ||
+			missing+=("$m")
+	done
+	[ ${#missing[@]} = 0 ] ||
+		die "kernel $kver has neither a module nor a built-in driver for: ${missing[*]} (the guest mounts its root over virtio 9p and reaches the device's control port over virtio-console; odp_rnic.ko needs the RDMA core: CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_CONSOLE, CONFIG_NET_9P_VIRTIO, CONFIG_9P_FS, CONFIG_INFINIBAND, CONFIG_INFINIBAND_USER_ACCESS)"
 	# Built in the root: cpio and the decompressors are the root's.
 	mkdir -p "$ROOT/var/tmp"
 	tmp=$(mktemp -d "$ROOT/var/tmp/initramfs.XXXXXX")
@@ -95,12 +141,14 @@ build_initramfs() {
 		grep cp ls mknod ln chmod hostname ip uname; do
 		ln -s busybox "$tmp/bin/$m"
 	done
-	local g strip=()
+	# (--strip-debug: a kernel of the user's may come with debug
+	# information in its modules; Debian's have none)
+	local g strip=(--strip-debug)
 	for m in "${INITRAMFS_STRIP[@]}"; do strip+=(-R "$m"); done
 	for g in boot pmem rdma; do
 		local -n mods="INITRAMFS_${g^^}"
 		for m in "${mods[@]}"; do
-			in_root modprobe -C /dev/null -S "$kver" --show-depends "$m" 2>/dev/null |
+			in_root modprobe -C /dev/null "${mp[@]}" -S "$kver" --show-depends "$m" 2>/dev/null |
 				awk -v g="$g" '$1 == "insmod" { print g, $2 }' || true
 		done
 	done | awk '
@@ -137,8 +185,7 @@ build_initramfs() {
 		echo "$name" >>"$tmp/modules/$g.order"
 	done <"$tmp/modules/ordered"
 	rm -f "$tmp/modules/paths" "$tmp/modules/ordered"
-	line=$(cat "$tmp"/modules/*.order | wc -l)
-	[ "$line" -gt 0 ] || die "no modules found for $kver"
+	# (no module at all is right for a kernel with all of them built in)
 	install -m 0755 "$REPO/scripts/guest/init" "$tmp/init"
 	install -m 0755 "$REPO/scripts/guest/stage2" "$tmp/stage2"
 	install -m 0755 "$REPO/scripts/guest/kernel-log" "$tmp/kernel-log"
@@ -147,7 +194,7 @@ build_initramfs() {
 	in_root sh -c "cd ${tmp#"$ROOT"} && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet" >"$out.new"
 	mv "$out.new" "$out"
 	rm -rf "$tmp"
-	extract_vmlinux "$kver"
+	extract_vmlinux "$kver" "$base"
 	mkdir -p "$STAMPS"
-	echo "$key" >"$STAMPS/initramfs-$kver"
+	echo "$key" >"$stamp"
 }
