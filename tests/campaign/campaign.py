@@ -36,7 +36,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "guest", "lib"))
 
 import pyverbs.enums as e  # noqa: E402
-from odprnic_app import BAD_DMESG, Tap, counter, dmesg, ibdev, param, wait_for  # noqa: E402
+from odprnic_app import (BAD_DMESG, Tap, counter, dmesg, ibdev, param,  # noqa: E402
+                         tcp_listening, wait_for)
 from odprnic_ctl import Control  # noqa: E402
 from odprnic_verbs import netup  # noqa: E402
 from pyverbs.device import Context  # noqa: E402
@@ -114,7 +115,8 @@ def perftest(dev, seconds, port):
             str(max(1, round(seconds)))]
     outs = [open(f"/tmp/campaign-{w}.out", "w+") for w in ("server", "client")]
     srv = subprocess.Popen(["ib_write_bw"] + args, stdout=outs[0], stderr=subprocess.STDOUT)
-    time.sleep(0.5)
+    # the client connects once: start it when the server listens (or died)
+    wait_for(lambda: tcp_listening(port) or srv.poll() is not None, 30)
     cli = subprocess.Popen(["ib_write_bw"] + args + ["localhost"], stdout=outs[1],
                            stderr=subprocess.STDOUT)
     return srv, cli, outs

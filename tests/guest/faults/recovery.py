@@ -51,7 +51,7 @@ import time
 
 import pyverbs.enums as e
 from odprnic_app import (BAD_DMESG, MODULE, App, Tap, bounded, busy, counter, dmesg,
-                         ibdev, param, wait_for)
+                         ibdev, param, tcp_listening, wait_for)
 from odprnic_ctl import Control
 from odprnic_verbs import netup
 from pyverbs.device import Context
@@ -124,21 +124,6 @@ def scenario(ctl, kind, ip, odp):
     tap(closed and not bad, f"{kind}: the old and new objects close; dmesg has no warning",
         "; ".join(bad)[:300] if bad else ("" if closed else "a close hung"))
     return True
-
-
-def tcp_listening(port):
-    """Something listens on TCP port (IPv4 or IPv6)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 3 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
 
 
 def perftest_pair(dev, odp, extra, port):

@@ -21,6 +21,8 @@ removal/surprise.py).
     bounded(fn, t)       (returned, result or exception) of fn() within t s
     wait_for(pred, t)    pred()'s first true value within t s, or None
     rping_server(ip)     an RDMA CM listener (rping -s)
+    tcp_listening(port)  something listens on the TCP port (perftest's
+                         out-of-band connection)
     busy(ibdev, odp, ctl, ip) -> (app, rping, ok, detail): an App just used,
                          and an rping listener
     dmesg(), BAD_DMESG   the kernel log and what must not be in it
@@ -241,6 +243,21 @@ def busy(dev, odp, ctl, ip):
     up = rping.poll() is None
     return app, rping, ok and ok2 and up, \
         f"write {how}, injected {how2}, rping {'up' if up else 'exited'}"
+
+
+def tcp_listening(port):
+    """Something listens on TCP port (IPv4 or IPv6)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 3 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
 
 
 def rping_server(ip):
