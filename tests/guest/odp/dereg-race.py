@@ -39,7 +39,7 @@ import threading
 import time
 
 import mmsetup
-from odprnic_app import Tap, dmesg, ibdev, wait_for
+from odprnic_app import BAD_DMESG, Tap, dmesg, ibdev, wait_for
 from odprnic_ctl import Control
 
 PAGE = 4096
@@ -259,7 +259,7 @@ def main():
                 scenario(t, ctl, pd, mode, kind, addr)
                 addr += 1 << 26      # its own implicit child block
         bad = [l for l in dmesg().splitlines()[log0:]
-               if any(w in l for w in ("WARNING:", "BUG:", "Call Trace"))]
+               if any(w in l for w in BAD_DMESG)]
         t(not bad, "the kernel logged no warning", "; ".join(bad[:3]))
         ibv.ibv_dealloc_pd(pd)
         ibv.ibv_close_device(ctx)
