@@ -30,8 +30,11 @@ removal/surprise.py).
 """
 
 import ctypes
+import errno
+import fcntl
 import mmap
 import os
+import select
 import subprocess
 import threading
 import time
@@ -42,6 +45,7 @@ from pyverbs.cq import CQ
 from pyverbs.device import Context
 from pyverbs.mr import MR
 from pyverbs.pd import PD
+from pyverbs.pyverbs_error import PyverbsRDMAError
 from pyverbs.qp import QP, QPCap, QPInitAttr
 from pyverbs.wr import SGE, SendWR
 
@@ -220,10 +224,48 @@ class App:
         return bounded(close_all, 30)[0]
 
 
+def _event_fds():
+    """The process's uverbs event files (async events, completion channels)."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[infinibandevent]":
+                fds.append(int(name))
+        except OSError:
+            pass
+    return fds
+
+
 def async_event(ctx, timeout):
-    """The context's next IBV_EVENT_* (acknowledged), None within timeout."""
-    ok, kind = bounded(lambda: _event(ctx), timeout)
-    return kind if ok and not isinstance(kind, Exception) else None
+    """The context's next IBV_EVENT_* (acknowledged), None within timeout.
+
+    pyverbs keeps the GIL while ibv_get_async_event() blocks, so a blocking
+    call in a thread would stop the timeout too: the event files are made
+    non-blocking for the call and waited on with select()."""
+    end = time.monotonic() + timeout
+    fds = _event_fds()
+    flags = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in fds}
+    try:
+        for fd, fl in flags.items():
+            fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        while True:
+            try:
+                return _event(ctx)
+            except PyverbsRDMAError as x:
+                if getattr(x, "error_code", errno.EAGAIN) != errno.EAGAIN:
+                    return None  # the context is gone: no event will come
+            left = end - time.monotonic()
+            if left <= 0 or not fds:
+                return None
+            ready, _, _ = select.select(fds, [], [], min(left, 0.2))
+            if ready:  # perhaps another context's: do not spin on it
+                time.sleep(0.02)
+    finally:
+        for fd, fl in flags.items():
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fl)
+            except OSError:
+                pass
 
 
 def _event(ctx):

@@ -589,15 +589,11 @@ class LoopbackPair:
         """The next asynchronous event of the context (IBV_EVENT_*; pyverbs
         does not expose which QP it names); Failed when none comes within
         timeout."""
-        def get():
-            ev = self.env.ctx.get_async_event()
-            kind = ev.event_type
-            ev.ack()
-            return kind
-        try:
-            _, kind = bounded(get, timeout, "ibv_get_async_event")
-        except BailOut as b:
-            raise Failed(str(b))
+        from odprnic_app import async_event
+
+        kind = async_event(self.env.ctx, timeout)
+        if kind is None:
+            raise Failed(f"ibv_get_async_event: no event within {timeout}s")
         return kind
 
     def close(self):
