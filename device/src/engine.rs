@@ -237,6 +237,10 @@ pub struct Engine {
     expired: VecDeque<u32>,
     next_token: u32,
     acks: VecDeque<(Instant, u32)>,
+    /// Set when fault plan `never_ack` fired: acknowledgements are in
+    /// submission order, so a device that cannot finish one invalidation
+    /// acknowledges none after it until it is reset.
+    acks_stalled: bool,
     /// Commands held back by a delay plan, with their completions.
     delayed: VecDeque<Delayed>,
     /// Set by `execute` when a delay plan fired for the command: when its
@@ -349,6 +353,7 @@ impl Engine {
             expired: VecDeque::new(),
             next_token: 1,
             acks: VecDeque::new(),
+            acks_stalled: false,
             delayed: VecDeque::new(),
             delay: None,
             deferred: VecDeque::new(),
@@ -574,6 +579,7 @@ impl Engine {
         self.backlog.clear();
         self.event_seq = 0;
         self.acks.clear();
+        self.acks_stalled = false;
         self.drop_delayed();
         self.pending_cmd = None;
         self.owed_irq = [false; 2];
@@ -1312,9 +1318,17 @@ impl Engine {
                 }
             }
         }
-        if self.sh.fire(FaultKind::NeverAck).is_some() {
+        if self.acks_stalled {
             Counters::inc(&self.sh.counters.inv_acks_withheld);
-            log::warn!("fault plan: invalidation {seq} is never acknowledged");
+            log::warn!(
+                "fault plan: invalidation {seq} is not acknowledged (acknowledgements stalled)"
+            );
+            return;
+        }
+        if self.sh.fire(FaultKind::NeverAck).is_some() {
+            self.acks_stalled = true;
+            Counters::inc(&self.sh.counters.inv_acks_withheld);
+            log::warn!("fault plan: invalidation {seq} is never acknowledged, nor any after it until reset");
             return;
         }
         let now = Instant::now();
