@@ -31,7 +31,6 @@
 extern unsigned int odprnic_cmd_timeout_ms;
 extern unsigned int odprnic_inv_timeout_ms;
 extern char *odprnic_default_mr_mode;
-extern bool odprnic_force_datapath;
 extern bool odprnic_recovery;
 extern unsigned int odprnic_health_ms;
 extern bool odprnic_two_pass;
@@ -164,8 +163,8 @@ struct odprnic_dev {
 	struct xarray mrs;
 
 	/*
-	 * Interface 1.1 data path: only when the device reports minor >= 1
-	 * (or force_datapath), BAR 4 exists and a CQ vector was granted.
+	 * Interface 1.1 data path: only when the device reports minor >= 1,
+	 * BAR 4 exists and a CQ vector was granted.
 	 */
 	bool datapath;
 	void __iomem *db;		/* the kernel's doorbell page (page 0) */

@@ -31,11 +31,6 @@ module_param_named(default_mr_mode, odprnic_default_mr_mode, charp, 0444);
 MODULE_PARM_DESC(default_mr_mode,
 		 "Mode of non-ODP MRs that request none: pinned or revocable");
 
-bool odprnic_force_datapath;
-module_param_named(force_datapath, odprnic_force_datapath, bool, 0444);
-MODULE_PARM_DESC(force_datapath,
-		 "Create CQs and QPs even if the device reports interface 1.0 (testing a device under development only)");
-
 bool odprnic_recovery = true;
 module_param_named(recovery, odprnic_recovery, bool, 0644);
 MODULE_PARM_DESC(recovery,
@@ -364,12 +359,8 @@ static void odprnic_datapath_init(struct odprnic_dev *dev)
 	struct pci_dev *pdev = dev->pdev;
 	u32 minor = dev->version & 0xffff;
 
-	if (minor < 1 && !odprnic_force_datapath)
-		return;
 	if (minor < 1)
-		dev_warn(&pdev->dev,
-			 "interface %u.%u: data path forced on (force_datapath)\n",
-			 dev->version >> 16, minor);
+		return;
 	if (pci_resource_len(pdev, ODPRNIC_BAR_DB) <
 	    (resource_size_t)ODPRNIC_DB_PAGES * ODPRNIC_DB_PAGE_SIZE ||
 	    !(pci_resource_flags(pdev, ODPRNIC_BAR_DB) & IORESOURCE_MEM)) {
