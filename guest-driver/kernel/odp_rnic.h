@@ -330,6 +330,7 @@ struct odprnic_mr {
 	struct mutex revoke_lock;	/* notifier vs. dereg */
 	struct sg_append_table pins;	/* pinned, DMA-mapped pages */
 	unsigned long npages;
+	struct mm_struct *pin_mm;	/* charged npages of pinned_vm */
 	struct work_struct unpin_work;
 	bool notifier_live;
 

@@ -265,6 +265,42 @@ static int odprnic_revocable_pin(struct odprnic_mr *mr)
 	return err;
 }
 
+/*
+ * The pins count against RLIMIT_MEMLOCK as ib_umem_get() counts a pinned
+ * MR's: the process's pinned_vm grows by the MR's pages from registration
+ * until the pins go (revocation or deregistration), and a process without
+ * CAP_IPC_LOCK cannot pin past its limit. Short-term pins or not, they are
+ * held for as long as the registration is not revoked.
+ */
+static int odprnic_revocable_charge(struct odprnic_mr *mr)
+{
+	struct mm_struct *mm = current->mm;
+	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+
+	if ((u64)atomic64_add_return(mr->npages, &mm->pinned_vm) > limit &&
+	    !capable(CAP_IPC_LOCK)) {
+		atomic64_sub(mr->npages, &mm->pinned_vm);
+		return -ENOMEM;
+	}
+	mmgrab(mm);
+	mr->pin_mm = mm;
+	return 0;
+}
+
+static void odprnic_revocable_uncharge(struct odprnic_mr *mr)
+{
+	struct mm_struct *mm;
+
+	mutex_lock(&mr->revoke_lock);
+	mm = mr->pin_mm;
+	mr->pin_mm = NULL;
+	mutex_unlock(&mr->revoke_lock);
+	if (!mm)
+		return;
+	atomic64_sub(mr->npages, &mm->pinned_vm);
+	mmdrop(mm);
+}
+
 static void odprnic_revocable_unpin(struct odprnic_mr *mr)
 {
 	struct sg_append_table pins;
@@ -273,10 +309,10 @@ static void odprnic_revocable_unpin(struct odprnic_mr *mr)
 	pins = mr->pins;
 	memset(&mr->pins, 0, sizeof(mr->pins));
 	mutex_unlock(&mr->revoke_lock);
-	if (!pins.sgt.sgl)
-		return;
-	odprnic_revocable_release(mr, &pins, true,
-				  odprnic_revocable_writable(mr));
+	if (pins.sgt.sgl)
+		odprnic_revocable_release(mr, &pins, true,
+					  odprnic_revocable_writable(mr));
+	odprnic_revocable_uncharge(mr);
 }
 
 /*
@@ -397,6 +433,9 @@ static int odprnic_revocable_reg(struct odprnic_mr *mr)
 	if (err)
 		return err;
 	mr->notifier_live = true;
+	err = odprnic_revocable_charge(mr);
+	if (err)
+		goto err_remove;
 	err = odprnic_cmd_create_mr(dev, to_opd(mr->ibmr.pd)->pdn,
 				    odprnic_access_to_hw(mr->access),
 				    ODPRNIC_MR_REVOCABLE, mr->iova,
