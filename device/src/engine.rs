@@ -241,6 +241,10 @@ pub struct Engine {
     /// submission order, so a device that cannot finish one invalidation
     /// acknowledges none after it until it is reset.
     acks_stalled: bool,
+    /// Set by a command whose data buffer could not be read because bus
+    /// mastering was cleared before it changed anything: it is taken again
+    /// when bus mastering is back, as one whose request could not be read.
+    cmd_fenced: bool,
     /// Commands held back by a delay plan, with their completions.
     delayed: VecDeque<Delayed>,
     /// Set by `execute` when a delay plan fired for the command: when its
@@ -354,6 +358,7 @@ impl Engine {
             next_token: 1,
             acks: VecDeque::new(),
             acks_stalled: false,
+            cmd_fenced: false,
             delayed: VecDeque::new(),
             delay: None,
             deferred: VecDeque::new(),
@@ -580,6 +585,7 @@ impl Engine {
         self.event_seq = 0;
         self.acks.clear();
         self.acks_stalled = false;
+        self.cmd_fenced = false;
         self.drop_delayed();
         self.pending_cmd = None;
         self.owed_irq = [false; 2];
@@ -817,9 +823,13 @@ impl Engine {
                     let mut raw = [0u8; 64];
                     let (cmd, status, out) = match self.sh.dma.read(epoch, req.addr().0, &mut raw) {
                         Ok(()) => {
-                            Counters::inc(&self.sh.counters.commands);
                             let cmd = Command::parse(&raw);
                             let (status, out) = self.execute(&cmd, data);
+                            if std::mem::take(&mut self.cmd_fenced) {
+                                self.rewind(true);
+                                return;
+                            }
+                            Counters::inc(&self.sh.counters.commands);
                             (Some(cmd), status, out)
                         }
                         Err(DmaError::Fenced) => {
@@ -1143,14 +1153,17 @@ impl Engine {
             return (hw::STATUS_DMA_ERROR, out);
         }
         let mut raw = vec![0u8; bytes];
-        if self
-            .sh
-            .dma
-            .read(self.epoch, buf.addr().0, &mut raw)
-            .is_err()
-        {
-            Counters::inc(&self.sh.counters.dma_errors);
-            return (hw::STATUS_DMA_ERROR, out);
+        match self.sh.dma.read(self.epoch, buf.addr().0, &mut raw) {
+            Ok(()) => {}
+            Err(DmaError::Fenced) => {
+                // nothing changed yet: the command runs again later
+                self.cmd_fenced = true;
+                return (hw::STATUS_DMA_ERROR, out);
+            }
+            Err(_) => {
+                Counters::inc(&self.sh.counters.dma_errors);
+                return (hw::STATUS_DMA_ERROR, out);
+            }
         }
         let entries: Vec<u64> = raw.chunks_exact(8).map(|c| le64(c, 0)).collect();
         let Some(mr) = self.tables.get_mut(key) else {
@@ -1318,17 +1331,12 @@ impl Engine {
                 }
             }
         }
+        if !self.acks_stalled && self.sh.fire(FaultKind::NeverAck).is_some() {
+            self.acks_stalled = true;
+        }
         if self.acks_stalled {
             Counters::inc(&self.sh.counters.inv_acks_withheld);
-            log::warn!(
-                "fault plan: invalidation {seq} is not acknowledged (acknowledgements stalled)"
-            );
-            return;
-        }
-        if self.sh.fire(FaultKind::NeverAck).is_some() {
-            self.acks_stalled = true;
-            Counters::inc(&self.sh.counters.inv_acks_withheld);
-            log::warn!("fault plan: invalidation {seq} is never acknowledged, nor any after it until reset");
+            log::warn!("fault plan never_ack: invalidation {seq} is not acknowledged (none is until reset)");
             return;
         }
         let now = Instant::now();
