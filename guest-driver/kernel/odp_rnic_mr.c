@@ -287,32 +287,25 @@ static int odprnic_revocable_charge(struct odprnic_mr *mr)
 	return 0;
 }
 
-static void odprnic_revocable_uncharge(struct odprnic_mr *mr)
-{
-	struct mm_struct *mm;
-
-	mutex_lock(&mr->revoke_lock);
-	mm = mr->pin_mm;
-	mr->pin_mm = NULL;
-	mutex_unlock(&mr->revoke_lock);
-	if (!mm)
-		return;
-	atomic64_sub(mr->npages, &mm->pinned_vm);
-	mmdrop(mm);
-}
-
+/* Drops the pins and their charge, once: revocation or deregistration. */
 static void odprnic_revocable_unpin(struct odprnic_mr *mr)
 {
 	struct sg_append_table pins;
+	struct mm_struct *mm;
 
 	mutex_lock(&mr->revoke_lock);
 	pins = mr->pins;
 	memset(&mr->pins, 0, sizeof(mr->pins));
+	mm = mr->pin_mm;
+	mr->pin_mm = NULL;
 	mutex_unlock(&mr->revoke_lock);
 	if (pins.sgt.sgl)
 		odprnic_revocable_release(mr, &pins, true,
 					  odprnic_revocable_writable(mr));
-	odprnic_revocable_uncharge(mr);
+	if (mm) {
+		atomic64_sub(mr->npages, &mm->pinned_vm);
+		mmdrop(mm);
+	}
 }
 
 /*
