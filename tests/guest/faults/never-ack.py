@@ -144,10 +144,14 @@ def scenario(ctl, implicit):
     # MR comes while the first waits (on kernels whose notifier waits without
     # umem_mutex, two passes); acknowledgements are in order, so an
     # acknowledgement of the second would end the first's wait early.
+    # The second starts once the device withheld the first's acknowledgement
+    # (not after a sleep: a busy host may start the thread late).
+    withheld = ctl.counters().get("counters", {}).get("inv_acks_withheld", 0)
     first, second = [], []
     th = threading.Thread(target=dontneed, args=(addr, 2 * 4096, first), daemon=True)
     th.start()
-    time.sleep(0.2)
+    wait_for(lambda: ctl.counters().get("counters", {}).get("inv_acks_withheld", 0)
+             > withheld, 30)
     dontneed(addr + 2 * 4096, LENGTH - 2 * 4096, second)
     th.join(60)
     rc, took = first[0] if first else (None, -1.0)
