@@ -604,13 +604,19 @@ impl Engine {
         if self.fatal {
             return;
         }
+        // REG_STATUS and REG_FATAL_CODE say why before the event announces
+        // it: a driver that reads them on EVENT_DEVICE_ERROR sees the cause
+        self.sh.set_fatal(self.epoch, code);
         if code != hw::FATAL_RING && code != hw::FATAL_EVENT_OVERFLOW {
-            let mut d = [0u8; 56];
-            d[..4].copy_from_slice(&code.to_le_bytes());
-            self.post_event(hw::EVENT_DEVICE_ERROR, &d);
+            if self.backlog.len() < hw::EVENT_BACKLOG as usize {
+                let mut d = [0u8; 56];
+                d[..4].copy_from_slice(&code.to_le_bytes());
+                self.post_event(hw::EVENT_DEVICE_ERROR, &d);
+            } else {
+                Counters::inc(&self.sh.counters.events_lost);
+            }
         }
         self.fatal = true;
-        self.sh.set_fatal(self.epoch, code);
     }
 
     // ---- events -------------------------------------------------------
